@@ -1,0 +1,56 @@
+# vmigdb: `make demo`, `make test`, `make bench`. Each creates .venv and installs when needed,
+# then builds the ROM and the demo guest from source into build/.
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+BUILD  := build
+STAMP  := $(VENV)/.installed
+
+GUEST_CFLAGS := -m32 -march=i686 -ffreestanding -nostdlib -fno-pic -fno-pie -fno-stack-protector \
+	-fno-asynchronous-unwind-tables -mgeneral-regs-only -fno-builtin -O2 -g -Wall -Wextra \
+	-I$(BUILD) -Iguest
+GUEST_SRCS := $(wildcard guest/*.c) $(wildcard guest/*.S)
+GUEST_OBJS := $(patsubst guest/%,$(BUILD)/guest/%.o,$(GUEST_SRCS))
+
+.PHONY: all demo test bench venv rom guest clean lint
+
+all: rom guest
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h: vmigdb/abi.py rom/__main__.py | $(STAMP)
+	$(VPY) -m vmigdb.rom header --asm $(BUILD)/vmi_abi.inc --c $(BUILD)/vmi_abi.h
+
+rom: $(BUILD)/vmi_rom.bin
+$(BUILD)/vmi_rom.bin: rom/vmi_rom.S rom/vmi_rom.ld $(BUILD)/vmi_abi.inc $(wildcard rom/*.py) | $(STAMP)
+	$(VPY) -m vmigdb.rom build -o $@
+
+guest: $(BUILD)/guest.elf
+$(BUILD)/guest/%.c.o: guest/%.c $(BUILD)/vmi_abi.h $(wildcard guest/*.h)
+	@mkdir -p $(dir $@)
+	gcc $(GUEST_CFLAGS) -c $< -o $@
+$(BUILD)/guest/%.S.o: guest/%.S $(BUILD)/vmi_abi.h $(wildcard guest/*.h)
+	@mkdir -p $(dir $@)
+	gcc $(GUEST_CFLAGS) -c $< -o $@
+$(BUILD)/guest.elf: $(GUEST_OBJS) guest/guest.ld
+	ld -m elf_i386 -T guest/guest.ld -o $@ $(GUEST_OBJS)
+
+demo: all
+	$(VPY) -m vmigdb.demo
+
+test: all
+	$(VPY) -m pytest -q
+
+bench: all
+	$(VPY) -m bench
+
+lint: $(STAMP)
+	$(VPY) -m ruff check vmigdb stub rom commands tests bench
+
+clean:
+	rm -rf $(BUILD)

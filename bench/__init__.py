@@ -1,0 +1,1 @@
+"""Benchmarks: our stub against its peers, measured in the same run."""

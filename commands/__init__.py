@@ -1,0 +1,1 @@
+"""gdb commands that `gdb -x vmigdb.py` adds (the `vmi` prefix)."""

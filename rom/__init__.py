@@ -1,0 +1,1 @@
+"""The identity VMI ROM: GNU assembler source, linker script and the reproducible builder."""
