@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from vmigdb import abi
@@ -43,7 +44,7 @@ def test_interrupt_calls_clobber_flags_only() -> None:
 def test_vrom_header_is_linux_layout() -> None:
     fields = abi.VROM_HEADER
     assert sum(f.size for f in fields) == abi.VROM_HEADER_SIZE == 144
-    for a, b in zip(fields, fields[1:], strict=False):
+    for a, b in itertools.pairwise(fields):
         assert a.offset + a.size == b.offset, (a, b)
     assert abi.VMI_INIT_OFFSET == 0x80 and abi.GET_RELOC_OFFSET == 0x88
     assert abi.field(abi.VROM_HEADER, "license_offs").offset == 0x16
@@ -68,6 +69,6 @@ def test_generated_headers_carry_every_call() -> None:
     asm = abi.render_asm_header()
     c = abi.render_c_header()
     for call in abi.VmiCall:
-        assert re.search(rf"^\.equ VMI_CALL_{call.name}, {int(call):#x}$", asm, re.M)
-        assert re.search(rf"^#define VMI_CALL_{call.name} {int(call):#x}u$", c, re.M)
+        assert re.search(rf"^\.equ VMI_CALL_{call.name}, {int(call):#x}$", asm, re.MULTILINE)
+        assert re.search(rf"^#define VMI_CALL_{call.name} {int(call):#x}u$", c, re.MULTILINE)
     assert f".equ ROM_FLUSH_PORT, {abi.ROM_FLUSH_PORT:#x}" in asm
