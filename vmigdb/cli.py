@@ -63,6 +63,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_GUEST_FAILED
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from vmigdb.stub.machine import Machine
+    from vmigdb.stub.server import serve
+
+    machine = Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline)
+    out = sys.stdout.buffer
+
+    def serial(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    machine.on_serial = serial
+
+    def ready(port: int) -> None:
+        print(f"vmigdb: gdb stub listening on {args.listen}:{port} "
+              f"(gdb: target remote {args.listen}:{port})", file=sys.stderr, flush=True)
+
+    try:
+        serve(machine, host=args.listen, port=args.port, ready=ready)
+    except OSError as e:
+        raise VmiError(f"cannot listen on {args.listen}:{args.port}: {e.strerror}") from None
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vmigdb", description="Debug VMI-paravirtualized x86 guests from gdb.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -72,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rom", help="VMI ROM image (default: the built identity ROM)")
     run.add_argument("--cmdline", default="", help="multiboot command line text")
     run.set_defaults(func=_cmd_run)
+
+    srv = sub.add_parser("serve", help="serve a guest to gdb over the remote protocol")
+    srv.add_argument("guest", help="multiboot ELF32 guest")
+    srv.add_argument("--rom", help="VMI ROM image (default: the built identity ROM)")
+    srv.add_argument("--cmdline", default="", help="multiboot command line text")
+    srv.add_argument("--port", type=int, default=1234, help="TCP port (0: any free port)")
+    srv.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    srv.set_defaults(func=_cmd_serve)
 
     rom = sub.add_parser("rom", help="inspect a VMI ROM image")
     rom_sub = rom.add_subparsers(dest="rom_command", required=True, parser_class=_Parser)
