@@ -355,7 +355,7 @@ CALLS: dict[VmiCall, CallSpec] = {
                  Clobbers.STANDARD, "sti; sysexit", returns=False),
         CallSpec(VmiCall.Halt, (), (), Clobbers.STANDARD, "sti; hlt"),
         CallSpec(VmiCall.Reboot, (_A("how", "eax", "reboot"),), (), Clobbers.STANDARD,
-                 "out 0xcf9"),
+                 "out 0x64"),
         CallSpec(VmiCall.Shutdown, (), (), Clobbers.STANDARD, "out 0xf4"),
         CallSpec(VmiCall.SetPxE,
                  (_A("pte", "eax", "pte"), _A("ptep", "edx", "ptep"),
