@@ -9,11 +9,11 @@ from pathlib import Path
 
 import capstone
 import pytest
-from vmigdb.rom import build
 
 from vmigdb import abi, rominfo
 from vmigdb.abi import VmiCall
 from vmigdb.errors import BuildError, RomError
+from vmigdb.rom import build
 from vmigdb.views.console import render_text
 from vmigdb.views.rom import render_rom
 
