@@ -34,7 +34,7 @@ guest: $(BUILD)/guest.elf
 $(BUILD)/guest/%.c.o: guest/%.c $(BUILD)/vmi_abi.h $(wildcard guest/*.h)
 	@mkdir -p $(dir $@)
 	gcc $(GUEST_CFLAGS) -c $< -o $@
-$(BUILD)/guest/%.S.o: guest/%.S $(BUILD)/vmi_abi.h $(wildcard guest/*.h)
+$(BUILD)/guest/%.S.o: guest/%.S $(BUILD)/vmi_abi.inc $(wildcard guest/*.h)
 	@mkdir -p $(dir $@)
 	gcc $(GUEST_CFLAGS) -c $< -o $@
 $(BUILD)/guest.elf: $(GUEST_OBJS) guest/guest.ld

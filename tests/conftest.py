@@ -1,0 +1,96 @@
+"""Shared fixtures: the ROM and the demo guest built from source, and a QEMU runner.
+
+``built`` runs ``make all`` in the repository once per session and returns the artefacts'
+paths; ``run_qemu`` boots a multiboot ELF with an option ROM under QEMU (the reference machine,
+with the settings shared/reference/qemu-reference.md recommends) and returns the guest's exit
+code and its serial output.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+QEMU = "qemu-system-i386"
+#: isa-debug-exit at this port: QEMU exits with status (value << 1) | 1.
+DEBUG_EXIT_PORT = 0xF4
+
+
+@dataclass(frozen=True)
+class Built:
+    """Paths of the artefacts ``make all`` produces."""
+
+    rom: Path
+    guest: Path
+    repo: Path = REPO
+
+
+@pytest.fixture(scope="session")
+def built() -> Built:
+    """Build the ROM and the guest once (``make -C <repo> all``); fail with make's output."""
+    r = subprocess.run(["make", "-C", str(REPO), "all"], check=False, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.fail(f"make all failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
+    out = Built(rom=REPO / "build" / "vmi_rom.bin", guest=REPO / "build" / "guest.elf")
+    assert out.rom.is_file() and out.guest.is_file()
+    return out
+
+
+class QemuTimeout(AssertionError):
+    """QEMU did not exit in time; the message carries the serial output so far."""
+
+
+def qemu_command(elf: Path, rom: Path | None, cmdline: str, serial: Path) -> list[str]:
+    """The reference command line: no default devices, single-threaded TCG, serial to a file."""
+    cmd = [QEMU, "-nodefaults", "-accel", "tcg,thread=single", "-nographic", "-no-reboot",
+           "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
+           "-kernel", str(elf), "-append", cmdline,
+           "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=4"]
+    if rom is not None:
+        cmd += ["-option-rom", str(rom)]
+    return cmd
+
+
+def run_qemu(elf: Path, rom: Path | None, cmdline: str = "",
+             timeout: float = 60.0) -> tuple[int | None, str]:
+    """Boot ``elf`` (with ``rom`` as an option ROM, or none) and wait for it to exit.
+
+    Returns (guest_code, serial_text): guest_code is the value the guest wrote to isa-debug-exit
+    (None if QEMU ended any other way); serial_text is COM1's output with CRs removed. QEMU is
+    killed if it outlives ``timeout`` seconds, and QemuTimeout is raised with the output so far.
+    """
+    with tempfile.TemporaryDirectory(prefix="vmigdb-qemu-") as d:
+        serial = Path(d) / "serial.log"
+        proc = subprocess.Popen(qemu_command(elf, rom, cmdline, serial),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            text = _read(serial)
+            raise QemuTimeout(f"QEMU still running after {timeout}s ({cmdline!r}); serial:\n"
+                              f"{text}") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = _read(serial)
+    status = proc.returncode
+    if status > 0 and status & 1:
+        return status >> 1, text
+    if out:
+        text += "\n[qemu] " + out.decode(errors="replace")
+    return None, text
+
+
+def _read(path: Path) -> str:
+    if not path.exists():
+        return ""
+    return path.read_bytes().decode(errors="replace").replace("\r", "")
