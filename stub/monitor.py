@@ -1,0 +1,329 @@
+"""``monitor ...`` commands (gdb's qRcmd): a table from command words to handlers.
+
+The server hex-decodes the command line and calls ``MonitorTable.dispatch``; a handler writes text
+through the context and raises ``MonitorError`` for a user mistake (the server prints the message
+and answers ``E01``, so a ``gdb -batch`` script fails loudly). Nothing from the wire is evaluated:
+numbers are parsed with ``int(text, 0)``. Later features (``vmi trace ...``, ``vmi rom``) register
+more rows with ``MonitorTable.register``. Output formats follow QEMU's HMP where it has the command,
+so the same scripts can read both targets.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from vmigdb import pagetable
+from vmigdb.errors import VmiError
+
+from .machine import Machine, MemoryFault
+from .target import CR0_BITS, CR4_BITS, EFER_BITS, EFLAGS_BITS, flag_names
+
+
+class MonitorError(VmiError):
+    """A monitor command was used wrongly; the message is shown to the gdb user."""
+
+
+class MonitorContext(Protocol):
+    """What a handler may use: the machine, the memory mode, and the console."""
+
+    machine: Machine
+    phys_mode: bool
+
+    def write(self, text: str) -> None: ...
+
+
+Handler = Callable[[MonitorContext, str], None]
+
+
+@dataclass(frozen=True)
+class MonitorCommand:
+    words: tuple[str, ...]
+    handler: Handler
+    help: str  # one line
+    usage: str = ""
+
+
+class MonitorTable:
+    """Commands by their words (``("info", "registers")``); the longest matching prefix wins."""
+
+    def __init__(self) -> None:
+        self._commands: dict[tuple[str, ...], MonitorCommand] = {}
+
+    def register(self, name: str, handler: Handler, help: str, usage: str = "") -> None:
+        words = tuple(name.split())
+        self._commands[words] = MonitorCommand(words, handler, help, usage)
+
+    def commands(self) -> list[MonitorCommand]:
+        return sorted(self._commands.values(), key=lambda c: c.words)
+
+    def dispatch(self, ctx: MonitorContext, line: str) -> None:
+        words = line.split()
+        if not words:
+            raise MonitorError("empty monitor command; try 'monitor help'")
+        for n in range(len(words), 0, -1):
+            cmd = self._commands.get(tuple(words[:n]))
+            if cmd:
+                rest = line.strip()
+                for w in words[:n]:
+                    rest = rest[len(w):].lstrip()
+                cmd.handler(ctx, rest)
+                return
+        prefix = [c for c in self.commands() if c.words[0] == words[0]]
+        if prefix:
+            names = ", ".join(" ".join(c.words) for c in prefix)
+            raise MonitorError(f"unknown command '{line.strip()}'; did you mean: {names}")
+        raise MonitorError(f"unknown command '{words[0]}'; try 'monitor help'")
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _reg(machine: Machine, name: str) -> int | None:
+    try:
+        return machine.reg_read(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def parse_number(text: str) -> int:
+    """``0x..``, ``0o..``, ``0b..`` or decimal; never an expression."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise MonitorError(f"not a number: {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A descriptor as the CPU caches it: base, limit (scaled by G), and the QEMU-style flags."""
+
+    base: int
+    limit: int
+    flags: int  # high dword & 0x00F0FF00, as QEMU prints it
+
+    @property
+    def present(self) -> bool:
+        return bool(self.flags & 0x8000)
+
+    @property
+    def dpl(self) -> int:
+        return (self.flags >> 13) & 3
+
+    def kind(self) -> str:
+        if not self.flags & 0x1000:  # system descriptor
+            return {0x2: "LDT", 0x9: "TSS32-avl", 0xB: "TSS32-busy", 0xC: "CallGate32",
+                    0xE: "IntGate32", 0xF: "TrapGate32"}.get((self.flags >> 8) & 0xF, "system")
+        bits = "32" if self.flags & 0x400000 else "16"
+        if self.flags & 0x800:
+            return f"CS{bits} [{'C' if self.flags & 0x400 else '-'}{'R' if self.flags & 0x200 else '-'}" \
+                   f"{'A' if self.flags & 0x100 else '-'}]"
+        return f"DS{bits} [{'E' if self.flags & 0x400 else '-'}{'W' if self.flags & 0x200 else '-'}" \
+               f"{'A' if self.flags & 0x100 else '-'}]"
+
+
+def decode_descriptor(raw: bytes) -> Segment:
+    """An 8-byte GDT/LDT entry."""
+    lo, hi = struct.unpack("<II", raw)
+    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
+    limit = (lo & 0xFFFF) | (hi & 0x000F0000)
+    if hi & 0x00800000:
+        limit = (limit << 12) | 0xFFF
+    return Segment(base, limit, hi & 0x00F0FF00)
+
+
+def _lookup(machine: Machine, selector: int) -> Segment | None:
+    """Read the descriptor a selector names from the GDT (or the LDT) through virtual memory."""
+    if selector & 4:
+        ldtr = _reg(machine, "ldtr")
+        if not ldtr:
+            return None
+        ldt = _lookup(machine, ldtr)
+        if ldt is None:
+            return None
+        table, limit = ldt.base, ldt.limit
+    else:
+        table, limit = _reg(machine, "gdtr_base") or 0, _reg(machine, "gdtr_limit") or 0
+    index = selector & ~7
+    if index == 0 and not selector & 4 or index + 7 > limit:
+        return None
+    try:
+        return decode_descriptor(machine.read_virt(table + index, 8))
+    except MemoryFault:
+        return None
+
+
+def render_registers(machine: Machine) -> str:
+    """QEMU-like ``info registers``: GPRs, flags, segments with their descriptors, tables, CRs."""
+
+    def r(name: str) -> int:
+        v = _reg(machine, name)
+        return 0 if v is None else v
+
+    out = []
+    out.append(f"EAX={r('eax'):08x} EBX={r('ebx'):08x} ECX={r('ecx'):08x} EDX={r('edx'):08x}")
+    out.append(f"ESI={r('esi'):08x} EDI={r('edi'):08x} EBP={r('ebp'):08x} ESP={r('esp'):08x}")
+    efl = r("eflags")
+    out.append(f"EIP={r('eip'):08x} EFL={efl:08x} [{' '.join(flag_names(efl, EFLAGS_BITS))}] "
+               f"CPL={r('cs') & 3} IOPL={(efl >> 12) & 3}")
+    cr0 = r("cr0")
+    for name in ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr"):
+        sel = r(name)
+        label = {"ldtr": "LDT", "tr": "TR"}.get(name, name.upper())
+        seg = _lookup(machine, sel) if cr0 & 1 else None
+        if seg is None:
+            base = sel << 4 if not cr0 & 1 and name not in ("ldtr", "tr") else 0
+            if name == "fs" and _reg(machine, "fs_base") is not None:
+                base = r("fs_base")
+            if name == "gs" and _reg(machine, "gs_base") is not None:
+                base = r("gs_base")
+            out.append(f"{label:<3}={sel:04x} {base:08x} (no descriptor)")
+        else:
+            out.append(f"{label:<3}={sel:04x} {seg.base:08x} {seg.limit:08x} {seg.flags:08x} "
+                       f"DPL={seg.dpl} {seg.kind()}{'' if seg.present else ' not-present'}")
+    out.append(f"GDT=     {r('gdtr_base'):08x} {r('gdtr_limit'):08x}")
+    out.append(f"IDT=     {r('idtr_base'):08x} {r('idtr_limit'):08x}")
+    cr4, efer = r("cr4"), r("efer")
+    out.append(f"CR0={cr0:08x} CR2={r('cr2'):08x} CR3={r('cr3'):08x} CR4={cr4:08x}")
+    out.append(f"CR0 [{' '.join(flag_names(cr0, CR0_BITS))}] CR4 [{' '.join(flag_names(cr4, CR4_BITS))}]")
+    out.append(f"EFER={efer:016x} [{' '.join(flag_names(efer, EFER_BITS))}]")
+    fpu = [(n, _reg(machine, n)) for n in ("fctrl", "fstat", "ftag", "mxcsr")]
+    if any(v is not None for _, v in fpu):
+        out.append(" ".join(f"{n.upper()}={'-' if v is None else format(v, '08x')}" for n, v in fpu))
+    return "\n".join(out) + "\n"
+
+
+def _paging_mode(machine: Machine) -> pagetable.Mode | None:
+    cr0 = _reg(machine, "cr0") or 0
+    if not cr0 & pagetable.CR0_PG:
+        return None
+    return pagetable.Mode.from_regs(_reg(machine, "cr3") or 0, _reg(machine, "cr4") or 0,
+                                    _reg(machine, "efer") or 0)
+
+
+def _safe_read_phys(machine: Machine) -> pagetable.ReadPhys:
+    """Tables outside RAM read as zero (not present) instead of aborting the whole dump."""
+
+    def read(addr: int, n: int) -> bytes:
+        try:
+            return machine.read_phys(addr, n)
+        except MemoryFault:
+            return bytes(n)
+
+    return read
+
+
+# --- the commands ------------------------------------------------------------------------------------
+
+
+def cmd_info_registers(ctx: MonitorContext, args: str) -> None:
+    ctx.write(render_registers(ctx.machine))
+
+
+def cmd_info_mem(ctx: MonitorContext, args: str) -> None:
+    mode = _paging_mode(ctx.machine)
+    if mode is None:
+        ctx.write("PG disabled\n")
+        return
+    ctx.write(pagetable.render_info_mem(pagetable.mappings(_safe_read_phys(ctx.machine), mode)))
+
+
+def cmd_info_tlb(ctx: MonitorContext, args: str) -> None:
+    mode = _paging_mode(ctx.machine)
+    if mode is None:
+        ctx.write("PG disabled\n")
+        return
+    ctx.write(pagetable.render_info_tlb(pagetable.mappings(_safe_read_phys(ctx.machine), mode)))
+
+
+_XP_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
+
+
+def cmd_xp(ctx: MonitorContext, args: str) -> None:
+    """``xp /NFS ADDR``: N units, format F (x d u o c), size S (b h w g), physical address."""
+    fmt, addr_text = "", args.strip()
+    if addr_text.startswith("/"):
+        fmt, _, addr_text = addr_text[1:].partition(" ")
+        addr_text = addr_text.strip()
+    if not addr_text:
+        raise MonitorError("usage: xp /NFS ADDR  (e.g. xp /4xw 0xc0000)")
+    digits = ""
+    while fmt and fmt[0].isdigit():
+        digits, fmt = digits + fmt[0], fmt[1:]
+    count = int(digits) if digits else 1
+    fmt_char, size = "x", 4
+    for ch in fmt:
+        if ch in _XP_SIZES:
+            size = _XP_SIZES[ch]
+        elif ch in "xduoc":
+            fmt_char = ch
+        else:
+            raise MonitorError(f"xp: unknown format letter {ch!r}")
+    if fmt_char == "c":
+        size = 1
+    addr = parse_number(addr_text)
+    if count > 0x10000:
+        raise MonitorError("xp: count too large (at most 65536)")
+    try:
+        data = ctx.machine.read_phys(addr, count * size)
+    except MemoryFault as exc:
+        raise MonitorError(f"cannot access physical memory at {exc.addr:#x}") from None
+    per_line = max(1, 16 // size)
+    lines = []
+    for i in range(0, count, per_line):
+        cells = []
+        for j in range(i, min(count, i + per_line)):
+            v = int.from_bytes(data[j * size:(j + 1) * size], "little")
+            if fmt_char == "x":
+                cells.append(f"0x{v:0{size * 2}x}")
+            elif fmt_char == "u":
+                cells.append(str(v))
+            elif fmt_char == "d":
+                cells.append(str(v - (1 << (8 * size)) if v >> (8 * size - 1) else v))
+            elif fmt_char == "o":
+                cells.append(f"{v:#o}")
+            else:
+                cells.append(repr(chr(v)) if 32 <= v < 127 else f"'\\x{v:02x}'")
+        lines.append(f"{addr + i * size:016x}: " + " ".join(cells) + "\n")
+    ctx.write("".join(lines))
+
+
+def cmd_reset(ctx: MonitorContext, args: str) -> None:
+    ctx.machine.reset()
+    ctx.write("machine reset to the entry state; gdb still shows cached registers until "
+              "'maint flush register-cache' or the next stop\n")
+
+
+def cmd_phys(ctx: MonitorContext, args: str) -> None:
+    arg = args.strip().lower()
+    if arg in ("on", "1"):
+        ctx.phys_mode = True
+    elif arg in ("off", "0"):
+        ctx.phys_mode = False
+    elif arg:
+        raise MonitorError("usage: phys on|off")
+    ctx.write(f"gdb memory accesses are {'PHYSICAL' if ctx.phys_mode else 'virtual'} "
+              "(also Qqemu.PhyMemMode:1/0)\n")
+
+
+def default_table() -> MonitorTable:
+    """The built-in commands; the server copies them into its own table at start."""
+    table = MonitorTable()
+
+    def cmd_help(ctx: MonitorContext, args: str) -> None:
+        width = max(len(" ".join(c.words) + (" " + c.usage if c.usage else "")) for c in table.commands())
+        ctx.write("".join(f"{(' '.join(c.words) + (' ' + c.usage if c.usage else '')):<{width}}  {c.help}\n"
+                          for c in table.commands()))
+
+    table.register("help", cmd_help, "list monitor commands")
+    table.register("info registers", cmd_info_registers,
+                   "full CPU state: GPRs, flags, segments with descriptors, GDT/IDT, CRs, EFER")
+    table.register("info mem", cmd_info_mem, "mapped virtual ranges with rights (page-table walk)")
+    table.register("info tlb", cmd_info_tlb, "every mapped page: va: pa flags (page-table walk)")
+    table.register("xp", cmd_xp, "dump physical memory (QEMU syntax)", "/NFS ADDR")
+    table.register("reset", cmd_reset, "reset the machine to the multiboot entry state")
+    table.register("phys", cmd_phys, "gdb memory accesses use physical addresses (on) or virtual",
+                   "on|off")
+    return table

@@ -1,0 +1,697 @@
+"""The gdb remote stub's TCP side: one gdb at a time, a reader thread, run control, a dispatch table.
+
+Threads and why (pyOCD's packet-IO model, shared reference gdb-remote-protocol.md §3.6):
+* an acceptor thread owns the listener, so a second gdb gets a clear refusal while the first works;
+* per connection, a reader thread owns ``recv``: it splits the stream (``rsp.Decoder``), answers
+  ``-``/resends on its own, and sees a Ctrl-C (0x03) while the machine runs, calling
+  ``machine.interrupt()``;
+* the thread that called ``serve_forever`` handles packets and runs the machine (``run``/``step``
+  are plain calls between Unicorn runs; nothing here runs inside a Unicorn hook).
+
+Replies are framed once and written with one ``sendall`` (ack included) on a TCP_NODELAY socket:
+without both, every stepi costs a Nagle/delayed-ACK round (~360 ms measured).
+
+Stop mapping (documented contract):
+* STEP, HOOK -> ``T05``; BREAKPOINT -> ``T05swbreak:`` or ``T05hwbreak:`` by the Z type that
+  inserted it; WATCHPOINT -> ``T05watch|rwatch|awatch:ADDR``; INTERRUPTED -> ``T02`` (SIGINT);
+* HALT (hlt with IF=0) -> ``T05`` plus a console line saying so: the machine stays inspectable and
+  a ``continue`` halts again at once;
+* FAULT / TRIPLE_FAULT -> a signal by vector (``SIGNAL_BY_VECTOR``, default SIGSEGV ``T0b``) plus
+  the machine's message as console output;
+* EXIT -> ``W`` + the low byte of ``Stop.exit_code`` as the machine reports it (the value the
+  guest wrote to isa-debug-exit, so 0 shows as "exited normally"), with the machine's message as
+  console output; the next connection finds the machine reset to its entry state;
+* an exception from the machine itself -> ``T06`` (SIGABRT) and the traceback in the stub's log.
+
+Life cycle: ``D`` answers OK, removes this gdb's break/watchpoints and closes; the machine keeps its
+state (paused) for the next gdb. ``k`` closes without a reply and resets the machine. A gdb that
+disconnects or dies (even mid-run: the run is interrupted) leaves the stub listening, the machine
+intact and its break/watchpoints removed. Memory accesses are virtual unless ``Qqemu.PhyMemMode:1``
+or ``monitor phys on`` (reset to virtual for each connection).
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from xml.sax.saxutils import quoteattr
+
+from vmigdb.errors import VmiError
+
+from . import rsp, target
+from .machine import Machine, MemoryFault, Stop, StopReason
+from .monitor import MonitorError, MonitorTable, default_table
+
+#: Advertised in qSupported: exactly what is implemented.
+SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;swbreak+;hwbreak+;qXfer:features:read+;"
+             b"qXfer:memory-map:read+;vContSupported+" % rsp.PACKET_SIZE)
+
+SIGINT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV = 2, 4, 5, 6, 10, 8, 11
+#: Exception vector -> gdb signal for FAULT/TRIPLE_FAULT stops (gdb's own signal numbers).
+SIGNAL_BY_VECTOR = {0: SIGFPE, 1: SIGTRAP, 3: SIGTRAP, 4: SIGSEGV, 5: SIGSEGV, 6: SIGILL,
+                    7: SIGFPE, 13: SIGSEGV, 14: SIGSEGV, 16: SIGFPE, 17: SIGBUS, 19: SIGFPE}
+WATCH_KINDS = {2: "watch", 3: "rwatch", 4: "awatch"}
+#: An ``m`` longer than this is answered short (gdb reads the rest with another packet).
+MAX_READ = (rsp.PACKET_SIZE - 16) // 2
+REFUSAL = b"E.vmigdb: another gdb is already connected to this stub"
+_O_CHUNK = 1024  # console text characters per O packet
+
+_IDLE, _PENDING, _RUNNING = 0, 1, 2
+
+MEMORY_MAP_HEAD = (
+    '<?xml version="1.0"?>\n<!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD GDB Memory Map '
+    'V1.0//EN" "http://sourceware.org/gdb/gdb-memory-map.dtd">\n<memory-map>'
+)
+
+
+def memory_map_xml(regions: list[tuple[int, int, str]]) -> bytes:
+    """gdb's memory map from the machine's physical regions, gaps filled with ``ram``.
+
+    gdb refuses client-side any address outside the map, and it speaks *virtual* addresses: with
+    paging on, a kernel at 0xC0000000 lies outside physical RAM. So the map covers the whole 32-bit
+    space; only the ROM is marked ``rom`` (gdb then uses Z1 there and refuses plain writes). An
+    unmapped virtual access still fails, in the stub (``E14``).
+    """
+    out = [MEMORY_MAP_HEAD]
+    pos = 0
+    for start, length, kind in sorted(regions):
+        if start < pos or length <= 0:
+            continue  # overlapping or empty: keep the map well-formed
+        if start > pos:
+            out.append(f'<memory type="ram" start="{pos:#x}" length="{start - pos:#x}"/>')
+        out.append(f'<memory type={quoteattr("rom" if kind == "rom" else "ram")} '
+                   f'start="{start:#x}" length="{length:#x}"/>')
+        pos = start + length
+    if pos < 1 << 32:
+        out.append(f'<memory type="ram" start="{pos:#x}" length="{(1 << 32) - pos:#x}"/>')
+    out.append("</memory-map>")
+    return "\n".join(out).encode()
+
+
+def _is_resume(payload: bytes) -> bool:
+    return payload[:1] in (b"c", b"C", b"s", b"S") or payload.startswith(b"vCont;")
+
+
+def _default_log(message: str) -> None:
+    print(f"vmigdb stub: {message}", file=sys.stderr, flush=True)
+
+
+class Server:
+    """Listens on ``host:port`` (port 0 = ephemeral, see ``.port``) and serves one gdb at a time.
+
+    Run ``serve_forever()`` in the thread that should drive the machine; ``stop()`` from any
+    thread ends it (the current connection is closed, a running machine interrupted).
+    """
+
+    def __init__(self, machine: Machine, host: str = "127.0.0.1", port: int = 1234, *,
+                 ready: Callable[[int], None] | None = None, monitor: MonitorTable | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.machine = machine
+        self.monitor = monitor if monitor is not None else default_table()
+        self.log = log or _default_log
+        self._ready = ready
+        self._lock = threading.Lock()
+        self._busy = False
+        self._stopping = False
+        self._session: _Session | None = None
+        self._pending: queue.SimpleQueue[tuple[socket.socket, str] | None] = queue.SimpleQueue()
+        self.exited = False  # the guest exited: reset before the next gdb
+        try:
+            self._listener = socket.create_server((host, port), reuse_port=False)
+        except OSError as exc:
+            raise VmiError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.host = host
+        self.port: int = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept_loop, name="vmigdb-accept",
+                                          daemon=True)
+
+    # --- connections ---------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, addr = self._listener.accept()
+            except OSError:
+                return
+            peer = f"{addr[0]}:{addr[1]}"
+            with self._lock:
+                if self._stopping:
+                    conn.close()
+                    return
+                busy = self._busy
+                self._busy = True
+            if busy:
+                threading.Thread(target=self._refuse, args=(conn, peer), daemon=True).start()
+            else:
+                self._pending.put((conn, peer))
+
+    def _refuse(self, conn: socket.socket, peer: str) -> None:
+        """Answer the newcomer's first packet (qSupported) with a textual error, then close."""
+        self.log(f"refused gdb from {peer}: another gdb is connected")
+        try:
+            conn.settimeout(2.0)
+            decoder = rsp.Decoder()
+            got = False
+            while not got:
+                data = conn.recv(4096)
+                if not data:
+                    break
+                got = any(ev is rsp.Event.PACKET for ev, _ in decoder.feed(data))
+            if got:
+                conn.sendall(b"+" + rsp.frame(REFUSAL))
+        except OSError:
+            pass
+        finally:
+            _close(conn)
+
+    def serve_forever(self) -> None:
+        """Serve connections until ``stop()``; the machine runs in this thread."""
+        self._acceptor.start()
+        self.log(f"listening on {self.host}:{self.port}")
+        if self._ready:
+            self._ready(self.port)
+        try:
+            while True:
+                item = self._pending.get()
+                if item is None:
+                    break
+                conn, peer = item
+                if self._stopping:
+                    _close(conn)
+                    break
+                session = _Session(self, conn, peer)
+                with self._lock:
+                    self._session = session
+                try:
+                    session.run()
+                finally:
+                    with self._lock:
+                        self._session = None
+                        self._busy = False
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Thread-safe: end ``serve_forever`` soon."""
+        with self._lock:
+            self._stopping = True
+            session = self._session
+        if session is not None:
+            session.close()
+        self._pending.put(None)
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+        except OSError:
+            pass
+        self._listener.close()
+
+
+def serve(machine: Machine, host: str = "127.0.0.1", port: int = 1234, *,
+          ready: Callable[[int], None] | None = None, monitor: MonitorTable | None = None) -> None:
+    """Serve gdb on ``host:port`` until interrupted; ``ready(port)`` once listening. Blocks."""
+    Server(machine, host, port, ready=ready, monitor=monitor).serve_forever()
+
+
+def _close(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
+class _Session:
+    """One gdb connection: packet handlers and the state gdb set up (no-ack, break/watchpoints)."""
+
+    def __init__(self, server: Server, conn: socket.socket, peer: str) -> None:
+        self.server = server
+        self.machine = server.machine
+        self.conn = conn
+        self.peer = peer
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.phys_mode = False
+        self.no_ack = False
+        self._ack = b""  # "+" owed for the packet being handled, sent with its reply
+        self._last = b""  # last framed reply, for "-" resends
+        self._send_lock = threading.Lock()
+        self._packets: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._run_lock = threading.Lock()
+        self._run_state = _IDLE
+        self._interrupt_pending = False
+        self._closing = False
+        self._console: list[str] = []
+        self._gdb_swbreak = self._gdb_hwbreak = False
+        self._bps: dict[int, set[int]] = {}  # address -> Z types (0 sw, 1 hw) holding it
+        self._wps: set[tuple[int, int, str]] = set()
+        self._simple: dict[int, Callable[[bytes], bytes | None]] = {
+            ord("?"): self._h_status, ord("g"): self._h_g, ord("G"): self._h_G,
+            ord("p"): self._h_p, ord("P"): self._h_P, ord("m"): self._h_m, ord("M"): self._h_M,
+            ord("X"): self._h_X, ord("c"): self._h_c, ord("C"): self._h_C, ord("s"): self._h_s,
+            ord("S"): self._h_S, ord("Z"): self._h_Z, ord("z"): self._h_z, ord("H"): self._h_H,
+            ord("T"): self._h_T, ord("D"): self._h_D, ord("k"): self._h_k,
+        }
+        self._named: dict[bytes, Callable[[bytes], bytes | None]] = {
+            b"qSupported": self._h_qSupported, b"QStartNoAckMode": self._h_QStartNoAckMode,
+            b"vMustReplyEmpty": lambda a: b"", b"qC": lambda a: b"QC1",
+            b"qAttached": lambda a: b"1", b"qfThreadInfo": lambda a: b"m1",
+            b"qsThreadInfo": lambda a: b"l", b"qXfer": self._h_qXfer, b"qRcmd": self._h_qRcmd,
+            b"vCont?": lambda a: b"vCont;c;C;s;S", b"vCont": self._h_vCont,
+            b"qqemu.PhyMemMode": lambda a: b"1" if self.phys_mode else b"0",
+            b"Qqemu.PhyMemMode": self._h_QPhyMemMode,
+        }
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.server.log(f"gdb connected from {self.peer}")
+        if self.server.exited:
+            self.server.exited = False
+            self._safe(self.machine.reset, "reset after guest exit")
+        reader = threading.Thread(target=self._reader, name="vmigdb-rsp-reader", daemon=True)
+        reader.start()
+        try:
+            while not self._closing:
+                payload = self._packets.get()
+                if payload is None:
+                    break
+                self._handle(payload)
+        finally:
+            self._closing = True
+            self._drop_points()
+            _close(self.conn)
+            reader.join(timeout=5)
+            self.server.log(f"gdb from {self.peer} gone; waiting for the next one")
+
+    def close(self) -> None:
+        """From another thread: end the session (a running machine is interrupted)."""
+        self._closing = True
+        _close_quietly(self.conn)
+
+    def _reader(self) -> None:
+        decoder = rsp.Decoder()
+        try:
+            while True:
+                data = self.conn.recv(65536)
+                if not data:
+                    break
+                for ev, payload in decoder.feed(data):
+                    if ev is rsp.Event.PACKET:
+                        if _is_resume(payload):
+                            with self._run_lock:
+                                self._run_state = _PENDING
+                                self._interrupt_pending = False
+                        self._packets.put(payload)
+                    elif ev is rsp.Event.INTERRUPT:
+                        self._interrupt()
+                    elif ev is rsp.Event.BAD:
+                        if not self.no_ack:
+                            self._send_raw(b"-")
+                    elif ev is rsp.Event.NAK and not self.no_ack and self._last:
+                        self._send_raw(self._last)
+        except OSError:
+            pass
+        finally:
+            # Queued packets (a D or k sent just before closing) are still handled; then None.
+            self._interrupt()  # a gdb that vanished mid-run must not leave the machine running
+            self._packets.put(None)
+
+    def _interrupt(self) -> None:
+        with self._run_lock:
+            if self._run_state == _RUNNING:
+                self.machine.interrupt()
+            elif self._run_state == _PENDING:
+                self._interrupt_pending = True
+            # idle: gdb's Ctrl-C while stopped is ignored, as the protocol says
+
+    def _send_raw(self, data: bytes) -> None:
+        with self._send_lock:
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                self._closing = True
+
+    def _send(self, payloads: list[bytes]) -> None:
+        """Frame and send replies in one write, with the ack owed for the request."""
+        framed = [rsp.frame(p) for p in payloads]
+        with self._send_lock:
+            self._last = framed[-1]
+            data = self._ack + b"".join(framed)
+            self._ack = b""
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                self._closing = True
+
+    def _flush_ack(self) -> None:
+        """Before a long run, ack now: gdb resends a packet whose ack is late."""
+        if self._ack:
+            with self._send_lock:
+                ack, self._ack = self._ack, b""
+            self._send_raw(ack)
+
+    def _handle(self, payload: bytes) -> None:
+        self._ack = b"" if self.no_ack else b"+"
+        self._console = []
+        try:
+            handler, args = self._lookup(payload)
+            reply: bytes | None = b"" if handler is None else handler(args)
+        except MemoryFault:
+            reply = b"E14"
+        except (rsp.RspError, ValueError, KeyError, IndexError):
+            reply = b"E01"
+        except Exception:  # noqa: BLE001 - a bug must cost one packet, not the session
+            self.server.log(f"error handling {payload[:40]!r}:\n{traceback.format_exc()}")
+            reply = b"E03"
+        if reply is None:
+            self._flush_ack()
+            return
+        out = [rsp.console_output(t[i:i + _O_CHUNK]) for t in self._console
+               for i in range(0, len(t), _O_CHUNK)]
+        out.append(reply)
+        self._send(out)
+
+    def _lookup(self, payload: bytes) -> tuple[Callable[[bytes], bytes | None] | None, bytes]:
+        """The handler for a packet and its arguments: by first byte, or for q/Q/v packets by the
+        name up to the first ``:``, ``,`` or ``;``."""
+        if not payload:
+            return None, b""
+        first = payload[0]
+        if first in b"qQv":
+            end = len(payload)
+            for sep in (b":", b",", b";"):
+                i = payload.find(sep, 0, end)
+                if i >= 0:
+                    end = i
+            return self._named.get(payload[:end]), payload[end:]
+        return self._simple.get(first), payload[1:]
+
+    def write(self, text: str) -> None:
+        """Console output (monitor commands, stop messages): sent as O packets before the reply."""
+        if text:
+            self._console.append(text)
+
+    def _safe(self, fn: Callable[[], object], what: str) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - clean-up must go on; the log says what failed
+            self.server.log(f"{what} failed: {exc}")
+
+    def _drop_points(self) -> None:
+        for addr in list(self._bps):
+            self._safe(lambda a=addr: self.machine.remove_breakpoint(a), f"remove breakpoint {addr:#x}")
+        for wp in list(self._wps):
+            self._safe(lambda w=wp: self.machine.remove_watchpoint(*w), f"remove watchpoint {wp}")
+        self._bps.clear()
+        self._wps.clear()
+
+    # --- set-up and queries ------------------------------------------------------------------------
+    def _h_qSupported(self, args: bytes) -> bytes:
+        features = args[1:].split(b";") if args.startswith(b":") else []
+        self._gdb_swbreak = b"swbreak+" in features
+        self._gdb_hwbreak = b"hwbreak+" in features
+        return SUPPORTED
+
+    def _h_QStartNoAckMode(self, args: bytes) -> None:
+        self._send([b"OK"])  # acked, then no more acks either way
+        self.no_ack = True
+
+    def _h_H(self, args: bytes) -> bytes:
+        return b"OK" if args[:1] in (b"g", b"c") else b""
+
+    def _h_T(self, args: bytes) -> bytes:
+        return b"OK" if rsp.thread_matches(*rsp.parse_thread_id(args)) else b"E01"
+
+    def _h_qXfer(self, args: bytes) -> bytes:
+        obj, _, rest = args[1:].partition(b":")
+        op, _, rest = rest.partition(b":")
+        annex, _, offlen = rest.rpartition(b":")
+        if op != b"read":
+            return b""
+        if obj == b"features":
+            if annex != b"target.xml":
+                return b"E00"
+            doc = target.TARGET_XML
+        elif obj == b"memory-map":
+            doc = memory_map_xml(self.machine.regions())
+        else:
+            return b""
+        offset, length = rsp.parse_addr_len(offlen)
+        return rsp.qxfer_chunk(doc, offset, length)
+
+    def _h_qRcmd(self, args: bytes) -> bytes:
+        line = rsp.hex_decode(args[1:]).decode("utf-8", "replace")
+        try:
+            self.server.monitor.dispatch(self, line)
+        except MonitorError as exc:
+            self.write(f"{exc}\n")
+            return b"E01"
+        except MemoryFault as exc:
+            self.write(f"{exc}\n")
+            return b"E14"
+        return b"OK"
+
+    def _h_QPhyMemMode(self, args: bytes) -> bytes:
+        if args == b":1":
+            self.phys_mode = True
+        elif args == b":0":
+            self.phys_mode = False
+        else:
+            return b"E01"
+        return b"OK"
+
+    # --- registers ---------------------------------------------------------------------------------
+    def _h_g(self, args: bytes) -> bytes:
+        return target.encode_g(self.machine.reg_read)
+
+    def _h_G(self, args: bytes) -> bytes:
+        for reg, value in target.decode_g(args):
+            if self._read_or_none(reg.name) != value:
+                self.machine.reg_write(reg.name, value)
+        return b"OK"
+
+    def _read_or_none(self, name: str) -> int | None:
+        try:
+            return self.machine.reg_read(name)
+        except (KeyError, ValueError):
+            return None
+
+    def _h_p(self, args: bytes) -> bytes:
+        return target.encode_reg(target.REGISTERS[rsp.parse_hex(args)], self.machine.reg_read)
+
+    def _h_P(self, args: bytes) -> bytes:
+        num, sep, value = args.partition(b"=")
+        if not sep:
+            raise rsp.RspError("P without =")
+        reg = target.REGISTERS[rsp.parse_hex(num)]
+        decoded = target.decode_value(reg, value)
+        if decoded is not None:
+            self.machine.reg_write(reg.name, decoded)
+        return b"OK"
+
+    # --- memory --------------------------------------------------------------------------------------
+    def _read(self, addr: int, length: int) -> bytes:
+        if self.phys_mode:
+            return self.machine.read_phys(addr, length)
+        return self.machine.read_virt(addr, length)
+
+    def _write(self, addr: int, data: bytes) -> None:
+        if self.phys_mode:
+            self.machine.write_phys(addr, data)
+        else:
+            self.machine.write_virt(addr, data)
+
+    def _h_m(self, args: bytes) -> bytes:
+        addr, length = rsp.parse_addr_len(args)
+        length = min(length, MAX_READ)
+        if length == 0:
+            return b""
+        try:
+            return self._read(addr, length).hex().encode()
+        except MemoryFault as fault:
+            # Return the readable prefix: gdb accepts a short read (e.g. up to a page end).
+            if addr < fault.addr < addr + length:
+                return self._read(addr, fault.addr - addr).hex().encode()
+            raise
+
+    def _h_M(self, args: bytes) -> bytes:
+        head, sep, data_hex = args.partition(b":")
+        if not sep:
+            raise rsp.RspError("M without data")
+        addr, length = rsp.parse_addr_len(head)
+        data = rsp.hex_decode(data_hex)
+        if len(data) != length:
+            raise rsp.RspError("M length mismatch")
+        if data:
+            self._write(addr, data)
+        return b"OK"
+
+    def _h_X(self, args: bytes) -> bytes:
+        head, sep, data = args.partition(b":")
+        if not sep:
+            raise rsp.RspError("X without data")
+        addr, length = rsp.parse_addr_len(head)
+        if len(data) != length:
+            raise rsp.RspError("X length mismatch")
+        if data:
+            self._write(addr, data)
+        return b"OK"
+
+    # --- break- and watchpoints ---------------------------------------------------------------------
+    def _parse_z(self, args: bytes) -> tuple[int, int, int]:
+        kind_text, _, rest = args.partition(b",")
+        rest = rest.partition(b";")[0]  # conditions are not advertised; ignore any
+        addr, length = rsp.parse_addr_len(rest)
+        return rsp.parse_hex(kind_text), addr, length
+
+    def _h_Z(self, args: bytes) -> bytes:
+        ztype, addr, length = self._parse_z(args)
+        if ztype in (0, 1):
+            types = self._bps.get(addr)
+            if types is None:
+                self.machine.add_breakpoint(addr)
+                types = self._bps[addr] = set()
+            types.add(ztype)
+            return b"OK"
+        if ztype in WATCH_KINDS:
+            wp = (addr, length, WATCH_KINDS[ztype])
+            if wp not in self._wps:
+                self.machine.add_watchpoint(*wp)
+                self._wps.add(wp)
+            return b"OK"
+        return b""  # unsupported type: empty lets gdb fall back
+
+    def _h_z(self, args: bytes) -> bytes:
+        ztype, addr, length = self._parse_z(args)
+        if ztype in (0, 1):
+            types = self._bps.get(addr)
+            if types is not None:
+                types.discard(ztype)
+                if not types:
+                    del self._bps[addr]
+                    self.machine.remove_breakpoint(addr)
+            return b"OK"
+        if ztype in WATCH_KINDS:
+            wp = (addr, length, WATCH_KINDS[ztype])
+            if wp in self._wps:
+                self._wps.discard(wp)
+                self.machine.remove_watchpoint(*wp)
+            return b"OK"
+        return b""
+
+    # --- run control ---------------------------------------------------------------------------------
+    def _h_status(self, args: bytes) -> bytes:
+        return self._stop_reply(Stop(StopReason.STEP, self._pc()))
+
+    def _pc(self) -> int:
+        return self.machine.reg_read("eip")
+
+    def _set_pc(self, addr_text: bytes) -> None:
+        if addr_text:
+            self.machine.reg_write("eip", rsp.parse_hex(addr_text))
+
+    def _h_c(self, args: bytes) -> bytes:
+        self._set_pc(args)
+        return self._resume("c")
+
+    def _h_s(self, args: bytes) -> bytes:
+        self._set_pc(args)
+        return self._resume("s")
+
+    def _h_C(self, args: bytes) -> bytes:
+        sig, _, addr = args.partition(b";")
+        rsp.parse_hex(sig)  # no signals to deliver on a bare machine; validate and ignore
+        self._set_pc(addr)
+        return self._resume("c")
+
+    def _h_S(self, args: bytes) -> bytes:
+        sig, _, addr = args.partition(b";")
+        rsp.parse_hex(sig)
+        self._set_pc(addr)
+        return self._resume("s")
+
+    def _h_vCont(self, args: bytes) -> bytes:
+        action = rsp.vcont_action_for(rsp.parse_vcont(args))
+        if action is None:
+            raise rsp.RspError("vCont names no action for thread 1")
+        return self._resume(action)
+
+    def _resume(self, action: str) -> bytes:
+        self._flush_ack()
+        stop: Stop | None = None
+        with self._run_lock:
+            if action == "c" and self._interrupt_pending:
+                stop = Stop(StopReason.INTERRUPTED, 0)
+            self._run_state = _RUNNING if action == "c" else _IDLE
+            self._interrupt_pending = False
+        try:
+            if stop is None:
+                stop = self.machine.run() if action == "c" else self.machine.step()
+        except Exception as exc:  # noqa: BLE001 - gdb needs a stop reply whatever happened
+            self.server.log(f"machine error during {action!r}:\n{traceback.format_exc()}")
+            self.write(f"vmigdb: machine error: {exc}\n")
+            return self._stop_signal(SIGABRT)
+        finally:
+            with self._run_lock:
+                self._run_state = _IDLE
+                self._interrupt_pending = False
+        return self._stop_reply(stop)
+
+    def _stop_signal(self, signal: int, reason: str = "", addr: int | None = None) -> bytes:
+        read = self.machine.reg_read
+        expedite = [(r.regnum, target.encode_reg(r, read)) for r in target.EXPEDITED]
+        return rsp.stop_reply(signal, expedite, reason=reason, reason_addr=addr)
+
+    def _stop_reply(self, stop: Stop) -> bytes:
+        reason = stop.reason
+        if reason is StopReason.EXIT:
+            self.server.exited = True
+            if stop.message:
+                self.write(f"vmigdb: {stop.message}\n")
+            return rsp.exit_reply(stop.exit_code or 0)
+        if reason is StopReason.BREAKPOINT:
+            types = self._bps.get(stop.pc, set())
+            if 0 in types and self._gdb_swbreak:
+                return self._stop_signal(SIGTRAP, "swbreak")
+            if 1 in types and self._gdb_hwbreak:
+                return self._stop_signal(SIGTRAP, "hwbreak")
+            return self._stop_signal(SIGTRAP)
+        if reason is StopReason.WATCHPOINT:
+            return self._stop_signal(SIGTRAP, stop.watch_kind or "watch", stop.watch_addr or 0)
+        if reason is StopReason.INTERRUPTED:
+            return self._stop_signal(SIGINT)
+        if reason in (StopReason.FAULT, StopReason.TRIPLE_FAULT):
+            self.write(f"vmigdb: {stop.message or f'{reason.value} at {stop.pc:#x}'}\n")
+            return self._stop_signal(SIGNAL_BY_VECTOR.get(stop.vector, SIGSEGV)
+                                     if stop.vector is not None else SIGSEGV)
+        if reason is StopReason.HALT:
+            self.write(f"vmigdb: {stop.message or f'halted at {stop.pc:#x}: the CPU cannot wake'}\n")
+        elif reason is StopReason.HOOK and stop.message:
+            self.write(f"vmigdb: {stop.message}\n")
+        return self._stop_signal(SIGTRAP)
+
+    # --- leaving ---------------------------------------------------------------------------------------
+    def _h_D(self, args: bytes) -> None:
+        self._drop_points()
+        self._send([b"OK"])
+        self._closing = True
+
+    def _h_k(self, args: bytes) -> None:
+        self._flush_ack()
+        self._drop_points()
+        self._safe(self.machine.reset, "reset on kill")
+        self.server.log("gdb killed the program: machine reset")
+        self._closing = True
+
+
+def _close_quietly(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -1,0 +1,651 @@
+"""The RSP server over a real TCP socket against a FAKE machine (the real one is built in parallel).
+
+The fake interprets one-byte "instructions" from its memory, enough to produce every stop reason:
+0xEB spins until ``interrupt()``, 0xF4 halts, 0xE6 exits with code ``(eax << 1) | 1``, 0x89 stores
+eax at [ebx], 0x8B loads [ebx] into eax, 0x0F faults with #UD, anything else is a one-byte nop.
+Breakpoints stop before the instruction (not at the resume pc); watchpoints stop after the access.
+One test drives real gdb against it to check gdb accepts the target description and layout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import pytest
+
+from vmigdb.stub import rsp, target
+from vmigdb.stub.machine import Machine, MemoryFault, Stop, StopReason
+from vmigdb.stub.server import Server
+
+MEM_SIZE = 0x100000
+ROM_BASE, ROM_SIZE = 0xC0000, 0x8000
+CODE = 0x1000
+DATA = 0x8000
+
+
+def _initial_regs() -> dict[str, int]:
+    regs = {r.name: 0 for r in target.REGISTERS if r.name != "fop"}  # fop: not modelled
+    regs.update(eax=0x2BADB002, ebx=0x9500, esp=0x7FF0, ebp=0x7FF8, eip=CODE, eflags=0x202,
+                cs=0x08, ss=0x10, ds=0x10, es=0x10, fs=0x10, gs=0x10, cr0=0x11,
+                gdtr_base=0x600, gdtr_limit=0x17, fctrl=0x37F, mxcsr=0x1F80,
+                xmm0=0x00112233445566778899AABBCCDDEEFF, st0=0x3FFF8000000000000000)
+    return regs
+
+
+class FakeMachine(Machine):
+    """The machine interface over a bytearray and a dict: no CPU, one-byte pseudo-instructions."""
+
+    def __init__(self) -> None:
+        self.mem = bytearray(MEM_SIZE)
+        # A flat GDT at 0x600: null, code 0x08, data 0x10 (for monitor info registers).
+        self.mem[0x608:0x610] = bytes.fromhex("ffff0000009acf00")
+        self.mem[0x610:0x618] = bytes.fromhex("ffff00000092cf00")
+        self.regs = _initial_regs()
+        self.breakpoints: set[int] = set()
+        self.watchpoints: set[tuple[int, int, str]] = set()
+        self.resets = 0
+        self._interrupt = threading.Event()
+        self.running = threading.Event()
+
+    def reset(self) -> None:
+        self.regs = _initial_regs()
+        self.resets += 1
+
+    def reg_read(self, name: str) -> int:
+        return self.regs[name]
+
+    def reg_write(self, name: str, value: int) -> None:
+        if name not in self.regs:
+            raise KeyError(name)
+        self.regs[name] = value
+
+    def _check(self, addr: int, size: int) -> None:
+        if addr + size > MEM_SIZE:
+            raise MemoryFault(max(addr, MEM_SIZE))
+
+    def read_virt(self, addr: int, size: int) -> bytes:
+        self._check(addr, size)
+        return bytes(self.mem[addr : addr + size])
+
+    def write_virt(self, addr: int, data: bytes) -> None:
+        self._check(addr, len(data))
+        self.mem[addr : addr + len(data)] = data
+
+    read_phys = read_virt
+    write_phys = write_virt
+
+    def translate(self, va: int) -> int | None:
+        return va if va < MEM_SIZE else None
+
+    def regions(self) -> list[tuple[int, int, str]]:
+        return [(0, ROM_BASE, "ram"), (ROM_BASE, ROM_SIZE, "rom"),
+                (ROM_BASE + ROM_SIZE, MEM_SIZE - ROM_BASE - ROM_SIZE, "ram")]
+
+    def _watch_hit(self, addr: int, write: bool) -> tuple[int, str] | None:
+        for va, length, kind in self.watchpoints:
+            if va <= addr < va + length and (kind == "awatch" or (kind == "watch") == write):
+                return va, kind
+        return None
+
+    def _exec(self, spin_wait: bool) -> Stop | None:
+        """One pseudo-instruction; a Stop if it stops the machine."""
+        pc = self.regs["eip"]
+        op = self.mem[pc]
+        if op == 0xEB:  # jmp $: spins until interrupted
+            if spin_wait:
+                self._interrupt.wait()
+                return Stop(StopReason.INTERRUPTED, pc)
+            return Stop(StopReason.STEP, pc)
+        if op == 0xF4:
+            return Stop(StopReason.HALT, pc, message="hlt with IF=0")
+        if op == 0xE6:
+            return Stop(StopReason.EXIT, pc, exit_code=(self.regs["eax"] << 1) | 1)
+        if op == 0x0F:
+            return Stop(StopReason.FAULT, pc, vector=6, message="invalid opcode")
+        self.regs["eip"] = pc + 1
+        if op in (0x89, 0x8B):
+            addr = self.regs["ebx"]
+            if op == 0x89:
+                self.mem[addr : addr + 4] = self.regs["eax"].to_bytes(4, "little")
+            else:
+                self.regs["eax"] = int.from_bytes(self.mem[addr : addr + 4], "little")
+            hit = self._watch_hit(addr, op == 0x89)
+            if hit:
+                return Stop(StopReason.WATCHPOINT, pc + 1, watch_addr=hit[0], watch_kind=hit[1])
+        return None
+
+    def step(self) -> Stop:
+        stop = self._exec(spin_wait=False)
+        return stop or Stop(StopReason.STEP, self.regs["eip"])
+
+    def run(self) -> Stop:
+        self.running.set()
+        try:
+            first = True
+            for _ in range(1_000_000):
+                pc = self.regs["eip"]
+                if pc in self.breakpoints and not first:
+                    return Stop(StopReason.BREAKPOINT, pc)
+                first = False
+                stop = self._exec(spin_wait=True)
+                if stop:
+                    return stop
+            return Stop(StopReason.FAULT, self.regs["eip"], message="runaway")
+        finally:
+            self._interrupt.clear()
+            self.running.clear()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def add_breakpoint(self, va: int) -> None:
+        self.breakpoints.add(va)
+
+    def remove_breakpoint(self, va: int) -> None:
+        self.breakpoints.discard(va)
+
+    def add_watchpoint(self, va: int, length: int, kind: str) -> None:
+        self.watchpoints.add((va, length, kind))
+
+    def remove_watchpoint(self, va: int, length: int, kind: str) -> None:
+        self.watchpoints.discard((va, length, kind))
+
+
+class Client:
+    """A raw RSP client: frames packets, handles acks, collects console output."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = rsp.Decoder()
+        self.events: list[tuple[rsp.Event, bytes]] = []
+        self.no_ack = False
+        self.console = ""
+
+    def next_event(self) -> tuple[rsp.Event, bytes]:
+        while not self.events:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.events += self.decoder.feed(data)
+        return self.events.pop(0)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def packet(self) -> bytes:
+        """The next packet (acking it in ack mode), skipping stray acks; O packets collected."""
+        while True:
+            ev, payload = self.next_event()
+            if ev is rsp.Event.PACKET:
+                if not self.no_ack:
+                    self.sock.sendall(b"+")
+                if payload.startswith(b"O") and payload != b"OK":
+                    self.console += bytes.fromhex(payload[1:].decode()).decode()
+                    continue
+                return payload
+
+    def ask(self, payload: bytes) -> bytes:
+        self.sock.sendall(rsp.frame(payload))
+        if not self.no_ack:
+            ev, _ = self.next_event()
+            assert ev is rsp.Event.ACK
+        return self.packet()
+
+    def monitor(self, line: str) -> tuple[bytes, str]:
+        self.console = ""
+        reply = self.ask(b"qRcmd," + line.encode().hex().encode())
+        return reply, self.console
+
+    def closed(self) -> bool:
+        """True once the server closed the connection (polled with a deadline)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if not self.sock.recv(65536):
+                    return True
+            except ConnectionResetError:
+                return True
+            except TimeoutError:
+                continue
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[Server, FakeMachine]]:
+    machine = FakeMachine()
+    logs: list[str] = []
+    ready: list[int] = []
+    server = Server(machine, port=0, log=logs.append, ready=ready.append)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _wait(lambda: ready == [server.port], "the ready callback")
+    server.logs = logs  # type: ignore[attr-defined]
+    yield server, machine
+    server.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def gdb(stub: tuple[Server, FakeMachine]) -> Iterator[Client]:
+    client = Client(stub[0].port)
+    yield client
+    client.close()
+
+
+def _reg_hex(name: str, value: int) -> bytes:
+    return rsp.le_hex(value, target.BY_NAME[name].size)
+
+
+def _parse_stop(reply: bytes) -> tuple[int, dict[str, bytes]]:
+    assert reply.startswith(b"T"), reply
+    fields = {}
+    for part in reply[3:].split(b";"):
+        if part:
+            k, _, v = part.partition(b":")
+            fields[k.decode()] = v
+    return int(reply[1:3], 16), fields
+
+
+def _wait(cond, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+# --- framing and acks -----------------------------------------------------------------------------
+
+
+def test_ack_checksum_nak_resend_and_no_ack_mode(gdb: Client) -> None:
+    gdb.send_raw(rsp.frame(b"qC"))
+    assert gdb.next_event() == (rsp.Event.ACK, b"")
+    assert gdb.next_event() == (rsp.Event.PACKET, b"QC1")
+    gdb.send_raw(b"-")  # NAK: the same reply again
+    assert gdb.next_event() == (rsp.Event.PACKET, b"QC1")
+    gdb.send_raw(b"$qC#00")  # bad checksum: NAK from the stub
+    assert gdb.next_event() == (rsp.Event.NAK, b"")
+    gdb.send_raw(b"+")  # stray acks are tolerated
+    assert gdb.ask(b"QStartNoAckMode") == b"OK"
+    gdb.no_ack = True
+    gdb.send_raw(rsp.frame(b"qAttached"))
+    assert gdb.next_event() == (rsp.Event.PACKET, b"1")  # no '+' before it any more
+
+
+def test_qsupported_advertises_only_what_is_implemented(gdb: Client) -> None:
+    reply = gdb.ask(b"qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;xmlRegisters=i386")
+    feats = dict(f.partition(b"=")[::2] for f in reply.split(b";"))
+    assert int(feats[b"PacketSize"], 16) >= 0x4000
+    assert set(feats) == {b"PacketSize", b"QStartNoAckMode+", b"swbreak+", b"hwbreak+",
+                          b"qXfer:features:read+", b"qXfer:memory-map:read+", b"vContSupported+"}
+    assert gdb.ask(b"vMustReplyEmpty") == b""
+    assert gdb.ask(b"vCont?") == b"vCont;c;C;s;S"
+    assert gdb.ask(b"Hg0") == b"OK" and gdb.ask(b"Hc-1") == b"OK"
+    assert gdb.ask(b"qfThreadInfo") == b"m1" and gdb.ask(b"qsThreadInfo") == b"l"
+    assert gdb.ask(b"qAttached") == b"1" and gdb.ask(b"T1") == b"OK"
+    assert gdb.ask(b"qTStatus") == b"" and gdb.ask(b"qOffsets") == b""
+
+
+def _xfer(gdb: Client, obj: bytes, annex: bytes) -> bytes:
+    doc, off = b"", 0
+    while True:
+        reply = gdb.ask(b"qXfer:%s:read:%s:%x,%x" % (obj, annex, off, 0x333))
+        assert reply[:1] in (b"m", b"l"), reply
+        doc += reply[1:]
+        off += len(reply) - 1
+        if reply[:1] == b"l":
+            return doc
+
+
+def test_target_xml_in_chunks(gdb: Client) -> None:
+    doc = _xfer(gdb, b"features", b"target.xml")
+    assert doc == target.TARGET_XML
+    assert gdb.ask(b"qXfer:features:read:other.xml:0,100") == b"E00"
+
+
+def test_memory_map(gdb: Client) -> None:
+    root = ET.fromstring(_xfer(gdb, b"memory-map", b""))
+    regions = [(m.get("type"), int(m.get("start"), 16), int(m.get("length"), 16))
+               for m in root.findall("memory")]
+    assert ("rom", ROM_BASE, ROM_SIZE) in regions
+    assert regions[0][1] == 0
+    ends = [s + n for _, s, n in regions]
+    assert [s for _, s, _ in regions[1:]] == ends[:-1]  # contiguous, sorted
+    assert ends[-1] == 1 << 32  # virtual addresses beyond RAM stay reachable
+
+
+# --- registers ------------------------------------------------------------------------------------
+
+
+def test_g_p_P_G_round_trips(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    _, machine = stub
+    g = gdb.ask(b"g")
+    assert len(g) == 2 * target.G_SIZE
+    assert g[:8] == _reg_hex("eax", 0x2BADB002)
+    assert gdb.ask(b"p8") == _reg_hex("eip", CODE)
+    assert gdb.ask(b"p1f") == b"xx" * 4  # fop: not modelled -> unavailable
+    assert gdb.ask(b"p10") == _reg_hex("st0", 0x3FFF8000000000000000)
+    assert gdb.ask(b"p20") == _reg_hex("xmm0", 0x00112233445566778899AABBCCDDEEFF)
+    assert gdb.ask(b"p29") == _reg_hex("cr0", 0x11)
+    assert gdb.ask(b"P0=efbeadde") == b"OK" and machine.regs["eax"] == 0xDEADBEEF
+    assert gdb.ask(b"P10=" + _reg_hex("st0", 0x4000C000000000000000)) == b"OK"
+    assert machine.regs["st0"] == 0x4000C000000000000000
+    xmm = 0xFEDCBA98765432100123456789ABCDEF
+    assert gdb.ask(b"P21=" + _reg_hex("xmm1", xmm)) == b"OK" and machine.regs["xmm1"] == xmm
+    assert gdb.ask(b"P2b=" + _reg_hex("cr3", 0x9000)) == b"OK" and machine.regs["cr3"] == 0x9000
+    # G with the registers gdb knows; xx leaves a register alone
+    g = bytearray(gdb.ask(b"g"))
+    g[8:16] = _reg_hex("ecx", 0x1234)
+    assert gdb.ask(b"G" + bytes(g)) == b"OK"
+    assert machine.regs["ecx"] == 0x1234 and machine.regs["eax"] == 0xDEADBEEF
+    assert gdb.ask(b"G" + bytes(g[:128])) == b"OK"  # the 16 core registers only
+    # malformed
+    assert gdb.ask(b"P0=12") == b"E01"
+    assert gdb.ask(b"P1f=00000000") == b"E01"  # not modelled
+    assert gdb.ask(b"p99") == b"E01"
+    assert gdb.ask(b"G" + bytes(g[:130])) == b"E01"
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def test_m_M_X(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    _, machine = stub
+    assert gdb.ask(b"M8000,4:01020304") == b"OK"
+    assert gdb.ask(b"m8000,4") == b"01020304"
+    assert gdb.ask(b"X8000,0:") == b"OK"  # gdb's probe
+    payload = bytes([0x24, 0x23, 0x7D, 0x2A, 0x03, 0x00, 0xFF])
+    assert gdb.ask(b"X8010,7:" + rsp.escape_binary(payload)) == b"OK"
+    assert bytes(machine.mem[0x8010:0x8017]) == payload
+    assert gdb.ask(b"m8010,7") == payload.hex().encode()
+    # unmapped, partially mapped, malformed
+    assert gdb.ask(b"m200000,4") == b"E14"
+    assert gdb.ask(b"mffffe,4") == b"0000"  # the readable prefix
+    assert gdb.ask(b"M200000,1:00") == b"E14"
+    assert gdb.ask(b"mzz,4") == b"E01"
+    assert gdb.ask(b"M8000,2:01") == b"E01"
+    assert gdb.ask(b"X8000,4:ab") == b"E01"
+    # physical mode (QEMU's packets)
+    assert gdb.ask(b"qqemu.PhyMemMode") == b"0"
+    assert gdb.ask(b"Qqemu.PhyMemMode:1") == b"OK" and gdb.ask(b"qqemu.PhyMemMode") == b"1"
+    assert gdb.ask(b"m8000,2") == b"0102"
+    assert gdb.ask(b"Qqemu.PhyMemMode:0") == b"OK"
+
+
+# --- run control ----------------------------------------------------------------------------------
+
+
+def test_status_reply_expedites_ebp_esp_eip(gdb: Client) -> None:
+    sig, fields = _parse_stop(gdb.ask(b"?"))
+    assert sig == 5
+    assert fields["05"] == _reg_hex("ebp", 0x7FF8)
+    assert fields["04"] == _reg_hex("esp", 0x7FF0)
+    assert fields["08"] == _reg_hex("eip", CODE)
+    assert fields["thread"] == b"1"
+
+
+@pytest.mark.parametrize("packet", [b"vCont;s:1;c", b"vCont;s:p1.1;c:p1.-1", b"s", b"S05",
+                                    b"vCont;S05:1;c"])
+def test_step_forms(stub: tuple[Server, FakeMachine], gdb: Client, packet: bytes) -> None:
+    _, machine = stub
+    sig, fields = _parse_stop(gdb.ask(packet))
+    assert sig == 5 and fields["08"] == _reg_hex("eip", CODE + 1)
+    assert machine.regs["eip"] == CODE + 1
+
+
+@pytest.mark.parametrize("packet", [b"vCont;c", b"vCont;c:-1", b"vCont;c:p1.-1", b"c", b"C05"])
+def test_continue_forms_stop_at_breakpoint(stub: tuple[Server, FakeMachine], gdb: Client,
+                                           packet: bytes) -> None:
+    _, machine = stub
+    gdb.ask(b"qSupported:swbreak+;hwbreak+")
+    assert gdb.ask(b"Z0,%x,1" % (CODE + 5)) == b"OK"
+    assert machine.breakpoints == {CODE + 5}
+    sig, fields = _parse_stop(gdb.ask(packet))
+    assert sig == 5 and "swbreak" in fields
+    assert fields["08"] == _reg_hex("eip", CODE + 5)
+    assert gdb.ask(b"z0,%x,1" % (CODE + 5)) == b"OK" and machine.breakpoints == set()
+
+
+def test_continue_with_address_and_hwbreak(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    _, machine = stub
+    gdb.ask(b"qSupported:swbreak+;hwbreak+")
+    assert gdb.ask(b"Z1,%x,1" % (CODE + 0x25)) == b"OK"
+    _sig, fields = _parse_stop(gdb.ask(b"c%x" % (CODE + 0x20)))
+    assert "hwbreak" in fields and machine.regs["eip"] == CODE + 0x25
+    # Z0 and Z1 at one address: the machine breakpoint lives until both are removed
+    assert gdb.ask(b"Z0,%x,1" % (CODE + 0x25)) == b"OK"
+    assert gdb.ask(b"z1,%x,1" % (CODE + 0x25)) == b"OK" and CODE + 0x25 in machine.breakpoints
+    assert gdb.ask(b"z0,%x,1" % (CODE + 0x25)) == b"OK" and not machine.breakpoints
+    assert gdb.ask(b"Z5,1000,1") == b""  # unsupported type: empty
+    assert gdb.ask(b"Z0,zz,1") == b"E01"
+
+
+@pytest.mark.parametrize(("ztype", "op", "kind"), [(2, 0x89, "watch"), (3, 0x8B, "rwatch"),
+                                                   (4, 0x89, "awatch"), (4, 0x8B, "awatch")])
+def test_watchpoints(stub: tuple[Server, FakeMachine], gdb: Client, ztype: int, op: int,
+                     kind: str) -> None:
+    _, machine = stub
+    machine.mem[CODE + 3] = op
+    machine.regs["ebx"] = DATA + 2
+    assert gdb.ask(b"Z%d,%x,4" % (ztype, DATA)) == b"OK"
+    assert machine.watchpoints == {(DATA, 4, kind)}
+    sig, fields = _parse_stop(gdb.ask(b"vCont;c"))
+    assert sig == 5 and fields[kind] == b"%x" % DATA
+    assert fields["08"] == _reg_hex("eip", CODE + 4)  # reported after the access
+    assert gdb.ask(b"z%d,%x,4" % (ztype, DATA)) == b"OK" and not machine.watchpoints
+
+
+def test_ctrl_c_interrupts_a_run_that_never_ends_by_itself(stub: tuple[Server, FakeMachine],
+                                                           gdb: Client) -> None:
+    _, machine = stub
+    machine.mem[CODE + 2] = 0xEB
+    gdb.send_raw(b"\x03")  # while stopped: ignored
+    gdb.send_raw(rsp.frame(b"vCont;c"))
+    assert gdb.next_event()[0] is rsp.Event.ACK  # acked before the run, not at its end
+    _wait(machine.running.is_set, "the run to start")
+    gdb.send_raw(b"\x03")
+    sig, fields = _parse_stop(gdb.packet())
+    assert sig == 2 and fields["08"] == _reg_hex("eip", CODE + 2)
+    assert gdb.ask(b"qC") == b"QC1"  # and the session goes on
+
+
+def test_ctrl_c_right_behind_the_continue_is_not_lost(stub: tuple[Server, FakeMachine],
+                                                      gdb: Client) -> None:
+    _, machine = stub
+    machine.mem[CODE] = 0xEB
+    gdb.send_raw(rsp.frame(b"c") + b"\x03")
+    assert gdb.next_event()[0] is rsp.Event.ACK
+    assert _parse_stop(gdb.packet())[0] == 2
+
+
+@pytest.mark.parametrize(("op", "expected"), [(0xE6, b"W05"), (0x0F, b"T04"), (0xF4, b"T05")])
+def test_exit_fault_halt(stub: tuple[Server, FakeMachine], gdb: Client, op: int,
+                         expected: bytes) -> None:
+    server, machine = stub
+    machine.mem[CODE + 1] = op
+    machine.regs["eax"] = 2
+    reply = gdb.ask(b"vCont;c")
+    assert reply.startswith(expected), reply
+    if op != 0xE6:
+        assert ("invalid opcode" if op == 0x0F else "hlt with IF=0") in gdb.console
+        return
+    # after an exit the next gdb gets a fresh machine
+    gdb.close()
+    _wait(lambda: not server._busy, "the session to end")
+    resets = machine.resets
+    second = Client(server.port)
+    assert second.ask(b"?").startswith(b"T05")
+    assert machine.resets == resets + 1
+    second.close()
+
+
+def test_malformed_and_unknown_packets_leave_the_stub_answering(gdb: Client) -> None:
+    for bad in (b"mzz", b"m1000", b"M1000,1", b"P", b"pzz", b"Z0", b"vCont;q", b"vCont", b"H",
+                b"qRcmd,zz", b"C", b"qXfer:features:read:target.xml:zz"):
+        reply = gdb.ask(bad)
+        assert reply.startswith(b"E") or reply == b"", (bad, reply)
+    for unknown in (b"vFile:open:6a", b"qThreadExtraInfo,1", b"!", b"bc", b"Qfoo", b"qSymbol::"):
+        assert gdb.ask(unknown) == b""
+    gdb.send_raw(b"garbage\x00\xff$$$##" + b"$g#00" + rsp.frame(b"?"))
+    seen = []
+    while (ev := gdb.next_event())[0] is not rsp.Event.PACKET:
+        seen.append(ev[0])
+    assert ev[1].startswith(b"T05")
+    assert rsp.Event.NAK in seen and set(seen) <= {rsp.Event.NAK, rsp.Event.ACK}
+
+
+# --- connection life cycle -------------------------------------------------------------------------
+
+
+def test_detach_then_reconnect_keeps_state(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    server, machine = stub
+    assert gdb.ask(b"P0=78563412") == b"OK"
+    assert gdb.ask(b"Z0,1010,1") == b"OK" and gdb.ask(b"Z2,8000,4") == b"OK"
+    assert gdb.ask(b"D") == b"OK"
+    assert gdb.closed()
+    _wait(lambda: not server._busy, "the session to end")
+    assert not machine.breakpoints and not machine.watchpoints
+    again = Client(server.port)
+    assert again.ask(b"p0") == b"78563412"
+    again.close()
+
+
+def test_kill_resets_and_stub_stays_ready(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    server, machine = stub
+    gdb.ask(b"P0=78563412")
+    gdb.send_raw(rsp.frame(b"k"))
+    assert gdb.closed()
+    assert machine.resets == 1 and machine.regs["eax"] == 0x2BADB002
+    _wait(lambda: not server._busy, "the session to end")
+    again = Client(server.port)
+    assert again.ask(b"qC") == b"QC1"
+    again.close()
+
+
+def test_gdb_vanishing_mid_run_interrupts_and_next_gdb_connects(
+        stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    server, machine = stub
+    machine.mem[CODE] = 0xEB
+    assert gdb.ask(b"Z0,2000,1") == b"OK"
+    gdb.send_raw(rsp.frame(b"c"))
+    _wait(machine.running.is_set, "the run to start")
+    gdb.close()
+    _wait(lambda: not machine.running.is_set() and not server._busy, "the run to be stopped")
+    assert not machine.breakpoints
+    again = Client(server.port)
+    assert again.ask(b"?").startswith(b"T05")
+    again.close()
+
+
+def test_second_connection_is_refused_while_first_continues(stub: tuple[Server, FakeMachine],
+                                                            gdb: Client) -> None:
+    server, _ = stub
+    assert gdb.ask(b"qC") == b"QC1"
+    other = Client(server.port)
+    other.send_raw(rsp.frame(b"qSupported:swbreak+"))
+    assert other.next_event() == (rsp.Event.ACK, b"")
+    assert other.next_event() == (rsp.Event.PACKET, (b"E.vmigdb: another gdb is already connected"
+                                                    b" to this stub"))
+    assert other.closed()
+    assert any("refused" in line for line in server.logs)  # type: ignore[attr-defined]
+    assert gdb.ask(b"qC") == b"QC1"
+
+
+# --- monitor ------------------------------------------------------------------------------------
+
+
+def test_monitor_commands(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    server, machine = stub
+    reply, text = gdb.monitor("help")
+    assert reply == b"OK"
+    for name in ("help", "info registers", "info mem", "info tlb", "xp", "reset", "phys"):
+        assert re.search(rf"^{name}\b", text, re.MULTILINE), name
+    reply, text = gdb.monitor("info registers")
+    assert reply == b"OK"
+    assert "EAX=2badb002" in text and "CR0=00000011" in text and "[PE ET]" in text
+    assert re.search(r"^CS =0008 00000000 ffffffff 00c09a00 DPL=0 CS32", text, re.MULTILINE), text
+    assert "GDT=     00000600 00000017" in text
+    assert gdb.monitor("info mem") == (b"OK", "PG disabled\n")
+    machine.mem[0xC0000:0xC0004] = b"\x55\xaa\x10\x00"
+    reply, text = gdb.monitor("xp /2xw 0xc0000")
+    assert text == "00000000000c0000: 0x0010aa55 0x00000000\n"
+    assert gdb.monitor("xp /2xb 786432")[1] == "00000000000c0000: 0x55 0xaa\n"
+    reply, text = gdb.monitor("phys on")
+    assert reply == b"OK" and "PHYSICAL" in text and gdb.ask(b"qqemu.PhyMemMode") == b"1"
+    reply, text = gdb.monitor("frobnicate")
+    assert reply == b"E01" and "monitor help" in text
+    assert gdb.monitor("xp /2xw 0x20000000")[0] == b"E01"
+    assert gdb.monitor("xp /2q 0")[0] == b"E01"
+    machine.regs["eax"] = 5
+    assert gdb.monitor("reset")[0] == b"OK" and machine.regs["eax"] == 0x2BADB002
+
+    def hello(ctx, args: str) -> None:
+        ctx.write(f"hello {args}\n")
+
+    server.monitor.register("vmi hello", hello, "a command added later")
+    assert gdb.monitor("vmi hello  world") == (b"OK", "hello world\n")
+    assert "vmi hello" in gdb.monitor("help")[1]
+
+
+# --- real gdb against the fake -----------------------------------------------------------------------
+
+
+def test_real_gdb_accepts_description_and_layout(stub: tuple[Server, FakeMachine]) -> None:
+    server, machine = stub
+    machine.mem[DATA : DATA + 16] = bytes(range(16))
+    cmds = ["set architecture i386", f"target remote 127.0.0.1:{server.port}", "info registers",
+            "p/x $cr0", "p $xmm0.v4_int32", "p/x $eflags", "p $st0", "p $fop",
+            f"x/4xw {DATA:#x}", "maint print remote-registers", "stepi", "p/x $pc",
+            f"break *{CODE + 8:#x}", "continue", "p/x $pc", "monitor info registers", "detach"]
+    args = ["/usr/bin/gdb", "-batch", "-nx"]
+    for c in cmds:
+        args += ["-ex", c]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Remote 'g' packet reply" not in out and "Truncated" not in out, out
+    assert re.search(r"^eax\s+0x2badb002", out, re.MULTILINE), out
+    assert re.search(r"^eflags\s+0x202\s+\[ IF \]", out, re.MULTILINE), out
+    assert re.search(r"^cr0\s+0x11\s+\[ PE ET \]", out, re.MULTILINE), out
+    assert "= 0x11" in out  # p/x $cr0
+    assert "{0xccddeeff, 0x8899aabb, 0x44556677, 0x112233}" in out.replace("-", "") or \
+        "{-857870593, -2003195205, 1146447479, 1122867}" in out, out
+    assert "<unavailable>" in out  # $fop
+    assert re.search(r"0x8000:\s+0x03020100\s+0x07060504\s+0x0b0a0908\s+0x0f0e0d0c", out), out
+    assert re.search(r"xmm0\s+32\s+32\s+\d+\s+16", out), out  # native SSE numbering
+    assert "= 0x1001" in out  # after stepi
+    assert "Breakpoint 1, 0x00001008" in out and "= 0x1008" in out, out
+    assert "EAX=2badb002" in out
+    assert "Detaching from program" in out or "detached" in out.lower(), out
+    assert proc.returncode == 0, out
+
+
+def test_monitor_info_mem_and_tlb_walk_the_page_tables(stub: tuple[Server, FakeMachine],
+                                                       gdb: Client) -> None:
+    _, machine = stub
+    pd, table = 0x10000, 0x11000
+    machine.mem[pd + 4 * 0x300 : pd + 4 * 0x301] = (table | 0x3).to_bytes(4, "little")
+    machine.mem[table : table + 8] = (0x5000 | 0x23).to_bytes(4, "little") + \
+        (0x6000 | 0x1).to_bytes(4, "little")
+    machine.regs.update(cr0=0x80000011, cr3=pd, cr4=0x10)
+    assert gdb.monitor("info mem") == (b"OK", ("00000000c0000000-00000000c0001000 0000000000001000 -rw\n"
+                                               "00000000c0001000-00000000c0002000 0000000000001000 -r-\n"))
+    assert gdb.monitor("info tlb") == (b"OK", ("00000000c0000000: 0000000000005000 ----A---W\n"
+                                               "00000000c0001000: 0000000000006000 ---------\n"))
