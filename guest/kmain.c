@@ -75,6 +75,7 @@ void kmain(u32 magic, const struct multiboot_info *mbi)
             opt.rom_copy ? "copy" : "inplace", opt.stress, opt.sysexit, opt.rdpmc);
     CHECK(mbi->flags & MBI_FLAG_MEM, EXIT_NO_MEMORY, "no memory information from the loader");
 
+    kprintf("multiboot: mem_lower=%u KiB mem_upper=%u KiB\n", mbi->mem_lower, mbi->mem_upper);
     desc_init_native();
     kprintf("desc: gdt=0x%x idt=0x%x, PIC masked\n", (u32)gdt, (u32)idt);
     paging_init(mbi->mem_upper);

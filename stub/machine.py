@@ -22,8 +22,9 @@ port; one that returns True stops the run (StopReason.HOOK).
 Unicorn cannot leave a translation block from an I/O hook, so a stop requested by an ``out``
 (exit, observer) takes effect at the end of the current block; I/O after the exit is ignored.
 
-Run control: ``run`` is one ``emu_start`` with an unreachable ``until``, no timeout and no
-count, so code runs at Unicorn's full speed; breakpoints and code hooks are single-address
+Run control: ``run`` is one ``emu_start`` in exits mode with no exit (``until`` ignored: the
+end-of-run invalidation of ``until-1`` would raise a hidden #PF that overwrites CR2), no
+timeout and no count, so code runs at Unicorn's full speed; breakpoints and code hooks are single-address
 UC_HOOK_CODE hooks (one per address, shared). ``step`` uses count=1 and flushes the translation
 cache once when coming from run mode (Unicorn does not single-step warm code otherwise).
 Watchpoints are physical memory hooks; Unicorn aborts the instruction when a memory hook stops
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,9 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
+
+from vmigdb import pagetable
+from vmigdb.errors import GuestImageError, RomError
 from vmigdb.stub import multiboot, uc_ctypes
 from vmigdb.stub.interrupts import (
     ERROR_CODE_VECTORS,
@@ -92,8 +97,6 @@ from vmigdb.stub.interrupts import (
     deliver,
     vector_name,
 )
-
-from vmigdb.errors import GuestImageError, RomError
 
 
 class StopReason(enum.Enum):
@@ -144,7 +147,7 @@ PortObserver = Callable[["Machine", int, int, int], "bool | None"]
 
 ROM_BASE = 0xC0000
 PAGE = 0x1000
-UNTIL = 0xFFFFFFFF  # never reached: a real `until` costs a retranslation and can be missed
+UNTIL = 0xFFFFFFFF  # ignored (exits mode, no exits): a real `until` is costly and unreliable
 COM1 = 0x3F8
 DEBUG_EXIT = 0xF4  # isa-debug-exit,iobase=0xf4,iosize=4
 DEBUG_EXIT_PORTS = range(DEBUG_EXIT, DEBUG_EXIT + 4)
@@ -282,12 +285,20 @@ class Machine:
                 raise GuestImageError(f"ELF segment at {seg.paddr:#x} (+{seg.memsz:#x}) is "
                                       f"outside RAM or overlaps the ROM")
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        # QEMU's default i386 CPU, so CPUID answers as on the reference machine (qemu32).
+        uc.ctl_set_cpu_model(X.UC_CPU_X86_QEMU32)
+        # Exits mode with no exits: `until` is ignored. Without it, every emu_start ends by
+        # invalidating the TB at until-1, whose page walk raises a hidden #PF under paging that
+        # overwrites CR2 and leaves old_exception set (the next real fault would become #DF).
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
         self._ctx = uc_ctypes.ContextPeek(uc)
         uc.mem_map(0, ROM_BASE, UC_PROT_ALL)
         uc.mem_map(ROM_BASE, rom_len, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_map(self._rom_end, ram_size - self._rom_end, UC_PROT_ALL)
         self._lock = threading.Lock()
         self._running = False
+        self._stopped = threading.Event()
         self._interrupt_req = False
         self._sites: dict[int, _Site] = {}
         self._next_ident = 1
@@ -330,8 +341,11 @@ class Machine:
         for seg in self._plan.segments:
             uc.mem_write(seg.paddr, seg.data)  # bss is already zero
         uc.mem_write(multiboot.GDT_ADDR, multiboot.gdt())
-        uc.mem_write(multiboot.MBI_ADDR, multiboot.boot_info(self.ram_size))
-        uc.mem_write(multiboot.CMDLINE_ADDR, self._cmdline)
+        cmdline_addr = self._plan.cmdline_addr
+        if cmdline_addr + len(self._cmdline) > self.ram_size:
+            raise GuestImageError("the kernel image leaves no RAM for the command line")
+        uc.mem_write(multiboot.MBI_ADDR, multiboot.boot_info(self.ram_size, cmdline_addr))
+        uc.mem_write(cmdline_addr, self._cmdline)
         # QEMU's multiboot entry state (qemu-reference.md section 2).
         uc.reg_write(X.UC_X86_REG_CR0, 0x11)
         uc.reg_write(X.UC_X86_REG_CR3, 0)
@@ -461,7 +475,10 @@ class Machine:
         for va, n in _pages(addr, size):
             data = uc_ctypes.vmem_read(self.uc, va, n)
             if data is None:
-                raise MemoryFault(va)
+                pa = self._walk(va)
+                if pa is None or not self._is_backed(pa, n):
+                    raise MemoryFault(va)
+                data = bytes(self.uc.mem_read(pa, n))
             out.append(data)
         return b"".join(out)
 
@@ -519,7 +536,23 @@ class Machine:
 
     def translate(self, va: int) -> int | None:
         """Guest-virtual to physical through the current page tables; None if unmapped."""
-        return uc_ctypes.vmem_translate(self.uc, va & 0xFFFFFFFF)
+        pa = uc_ctypes.vmem_translate(self.uc, va & 0xFFFFFFFF)
+        return pa if pa is not None else self._walk(va & 0xFFFFFFFF)
+
+    def _walk(self, va: int) -> int | None:
+        """Supervisor view of a mapping. Unicorn's vmem calls check access at the current CPL,
+        so while the guest runs in ring 3 they refuse kernel pages (IDT, kernel data) that the
+        CPU delivering an interrupt, and a debugger, may read."""
+        uc = self.uc
+        if not uc.reg_read(X.UC_X86_REG_CR0) & 0x80000000:
+            return None
+        mode = pagetable.Mode.from_regs(uc.reg_read(X.UC_X86_REG_CR3),
+                                        uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(EFER))
+        try:
+            mapping = pagetable.walk(self.read_phys, mode, va)
+        except MemoryFault:
+            return None
+        return None if mapping is None else mapping.translate(va)
 
     def regions(self) -> list[tuple[int, int, str]]:
         """(start, length, "ram" | "rom") for the memory map."""
@@ -557,12 +590,14 @@ class Machine:
                 return Stop(StopReason.INTERRUPTED, self.reg_read("eip"),
                             message="interrupted")
             self._running = True
+            self._stopped.clear()
         self._step_mode = False  # Unicorn flushes the cache itself when count goes back to 0
         try:
             err = self._emulate(self.reg_read("eip"), count=0)
         finally:
             with self._lock:
                 self._running = False
+                self._stopped.set()
         stop = self._classify(err, stepping=False)
         if stop is not None:
             return stop
@@ -580,13 +615,22 @@ class Machine:
         no run is active, it makes the next ``run`` return INTERRUPTED at once."""
         with self._lock:
             self._interrupt_req = True
-            if self._running:
+        # emu_stop before Unicorn has entered emu_start is forgotten (emu_start clears the
+        # request), so repeat it until the run has returned: a few milliseconds at most.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
                 self.uc.emu_stop()
+            if self._stopped.wait(0.002):
+                return
 
     def _emulate(self, pc: int, count: int) -> UcError | None:
         self._stop = None
         self._watch_hit = None
         self._start_pc = pc if pc in self._sites else None
+        self._ctx.clear_old_exception()
         try:
             self.uc.emu_start(pc, UNTIL, 0, count)
         except UcError as e:

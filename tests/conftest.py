@@ -47,8 +47,9 @@ class QemuTimeout(AssertionError):
 
 
 def qemu_command(elf: Path, rom: Path | None, cmdline: str, serial: Path) -> list[str]:
-    """The reference command line: no default devices, single-threaded TCG, serial to a file."""
-    cmd = [QEMU, "-nodefaults", "-accel", "tcg,thread=single", "-nographic", "-no-reboot",
+    """The reference command line: no default devices, single-threaded TCG, serial to a file,
+    and 64 MiB of RAM like vmigdb's machine (so both report the same multiboot memory)."""
+    cmd = [QEMU, "-m", "64", "-nodefaults", "-accel", "tcg,thread=single", "-nographic", "-no-reboot",
            "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
            "-kernel", str(elf), "-append", cmdline,
            "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=4"]

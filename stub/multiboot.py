@@ -1,0 +1,134 @@
+"""Multiboot v1 loading of an ELF32 kernel, as QEMU's ``-kernel`` does it (no Unicorn here).
+
+The machine asks this module for a load plan (segments at their physical addresses, the entry
+point, the multiboot info block and the GDT) and writes it into RAM itself, so the parsing and
+the bad-input messages can be tested on bytes alone.
+
+Layout in low RAM, chosen to look like QEMU's (mbi at 0x9500 as QEMU puts it):
+    0x9000  GDT: null, flat code 0x08, flat data 0x10, 16-bit code 0x18, 16-bit data 0x20
+            (5 entries, limit 0x27 like QEMU's multiboot GDT)
+    0x9500  struct multiboot_info (flags MEM|CMDLINE)
+The command line goes where QEMU's multiboot loader puts it: at the first page boundary after
+the kernel's highest loaded byte (``LoadPlan.cmdline_addr``), so guest code that keeps the
+pointer in a register sees the same value on both machines.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from vmigdb.errors import GuestImageError
+
+MULTIBOOT_MAGIC = 0x1BADB002  # in the kernel's header
+MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002  # in EAX at entry
+MULTIBOOT_SEARCH = 8192  # the header must sit in the first 8 KiB, 4-byte aligned
+MBI_FLAG_MEM = 1 << 0
+MBI_FLAG_CMDLINE = 1 << 2
+
+GDT_ADDR = 0x9000
+GDT_LIMIT = 0x27
+MBI_ADDR = 0x9500
+MAX_CMDLINE = 0x1000
+SEABIOS_RESERVED_KIB = 128
+#: QEMU leaves ESP wherever its option ROM had it; multiboot leaves it undefined. Ours points
+#: below the multiboot data so a guest that pushes before setting its own stack still works.
+ENTRY_ESP = 0x8000
+MEM_LOWER_KIB = 639  # what QEMU reports (640 KiB minus the EBDA)
+
+#: Flat 4 GiB descriptors. 0x08 ring-0 code 32-bit, 0x10 ring-0 data 32-bit, then 16-bit code
+#: and data as QEMU's multiboot stub has them.
+GDT_ENTRIES = (
+    0x0000000000000000,
+    0x00CF9B000000FFFF,
+    0x00CF93000000FFFF,
+    0x00009B000000FFFF,
+    0x000093000000FFFF,
+)
+
+_PT_LOAD = 1
+_EM_386 = 3
+
+
+@dataclass(frozen=True)
+class Segment:
+    paddr: int
+    data: bytes  # file bytes
+    memsz: int  # >= len(data); the rest is bss, zeroed
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    entry: int
+    segments: tuple[Segment, ...]
+    header_offset: int  # where the multiboot header was found
+    header_flags: int
+
+    @property
+    def cmdline_addr(self) -> int:
+        """Page-aligned end of the loaded image, as QEMU places its multiboot buffer."""
+        end = max(s.paddr + s.memsz for s in self.segments)
+        return (end + 0xFFF) & ~0xFFF
+
+
+def parse(image: bytes) -> LoadPlan:
+    """Check an ELF32 multiboot kernel and list what to load. GuestImageError on bad input."""
+    if len(image) < 52 or image[:4] != b"\x7fELF":
+        raise GuestImageError("not an ELF file")
+    ei_class, ei_data = image[4], image[5]
+    (e_machine,) = struct.unpack_from("<H", image, 18)
+    if ei_class != 1 or ei_data != 1 or e_machine != _EM_386:
+        raise GuestImageError("not a 32-bit x86 ELF")
+    header = _find_header(image)
+    if header is None:
+        raise GuestImageError("no multiboot header in the first 8 KiB")
+    off, flags = header
+    (e_entry, e_phoff) = struct.unpack_from("<II", image, 24)
+    e_phentsize, e_phnum = struct.unpack_from("<HH", image, 42)
+    if e_phnum == 0 or e_phentsize < 32 or e_phoff + e_phnum * e_phentsize > len(image):
+        raise GuestImageError("ELF program headers are missing or truncated")
+    segs = []
+    for i in range(e_phnum):
+        p_type, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
+            "<6I", image, e_phoff + i * e_phentsize)
+        if p_type != _PT_LOAD or p_memsz == 0:
+            continue
+        if p_offset + p_filesz > len(image) or p_filesz > p_memsz:
+            raise GuestImageError(f"ELF segment {i} is truncated")
+        segs.append(Segment(p_paddr, image[p_offset:p_offset + p_filesz], p_memsz))
+    if not segs:
+        raise GuestImageError("ELF has no loadable segment")
+    return LoadPlan(e_entry, tuple(segs), off, flags)
+
+
+def _find_header(image: bytes) -> tuple[int, int] | None:
+    limit = min(len(image), MULTIBOOT_SEARCH) - 12
+    for off in range(0, limit + 1, 4):
+        magic, flags, checksum = struct.unpack_from("<III", image, off)
+        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return off, flags
+    return None
+
+
+def command_line(kernel_path: str, append: str) -> bytes:
+    """What QEMU passes: the -kernel path as given, a space, the -append text."""
+    raw = f"{kernel_path} {append}".encode() + b"\0"
+    if len(raw) > MAX_CMDLINE:
+        raise GuestImageError(f"command line longer than {MAX_CMDLINE - 1} bytes")
+    return raw
+
+
+def boot_info(ram_size: int, cmdline_addr: int) -> bytes:
+    """struct multiboot_info with mem_lower/mem_upper and the command line pointer."""
+    # QEMU + SeaBIOS report usable RAM above 1 MiB from e820, where SeaBIOS keeps the top
+    # 128 KiB of RAM for itself (measured: -m 32/64/128 give 31616/64384/129920 KiB).
+    mem_upper = max(0, (ram_size >> 10) - 1024 - SEABIOS_RESERVED_KIB)
+    mbi = bytearray(88)
+    struct.pack_into("<IIII", mbi, 0, MBI_FLAG_MEM | MBI_FLAG_CMDLINE, MEM_LOWER_KIB,
+                     mem_upper, 0)
+    struct.pack_into("<I", mbi, 16, cmdline_addr)
+    return bytes(mbi)
+
+
+def gdt() -> bytes:
+    return b"".join(struct.pack("<Q", e) for e in GDT_ENTRIES)
