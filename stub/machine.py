@@ -304,6 +304,7 @@ class Machine:
         self._next_ident = 1
         self._watches: list[_Watch] = []
         self._port_observers: dict[int, list[PortObserver]] = {}
+        self._services: list[Callable[[], None]] = []
         self._init_state()
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -572,6 +573,7 @@ class Machine:
         err = self._emulate(pc, count=1)
         self._stepping = False
         stop = self._classify(err, stepping=True)
+        self._run_services()
         if stop is not None:
             return stop
         eip = self.reg_read("eip")
@@ -581,7 +583,33 @@ class Machine:
 
     def run(self) -> Stop:
         """Run until a breakpoint, watchpoint, hook stop, interrupt(), guest exit or machine stop.
-        A breakpoint at the current pc does not stop the run before it executes."""
+        A breakpoint at the current pc does not stop the run before it executes.
+
+        Work a hook asked for with ``request_service`` runs between two ``emu_start`` calls and
+        the run goes on: the caller never sees those pauses."""
+        while True:
+            stop = self._run_once()
+            if stop is not None:
+                return stop
+
+    def request_service(self, work: Callable[[], None]) -> None:
+        """From inside a hook: pause the run, call ``work`` outside Unicorn, then resume.
+
+        Hooks may not add or remove hooks; this is how a tracer installs the hooks it finds it
+        needs (the ROM's entries once vmi_init announces it, a return address)."""
+        self._services.append(work)
+        if not self._stepping:  # a step ends after its one instruction anyway
+            self.uc.emu_stop()
+
+    def _run_services(self) -> bool:
+        if not self._services:
+            return False
+        work, self._services = self._services, []
+        for w in work:
+            w()
+        return True
+
+    def _run_once(self) -> Stop | None:
         if self._halted is not None:
             return self._halted
         with self._lock:
@@ -599,8 +627,11 @@ class Machine:
                 self._running = False
                 self._stopped.set()
         stop = self._classify(err, stepping=False)
+        serviced = self._run_services()
         if stop is not None:
             return stop
+        if serviced:
+            return None  # paused only for between-run work: go on
         eip = self.reg_read("eip")
         if self._byte_at((eip - 1) & 0xFFFFFFFF) == _HLT:
             return self._halt(eip)
@@ -754,15 +785,21 @@ class Machine:
             if self._arrival_done == address:
                 self._arrival_done = None
                 return
+            pending = len(self._services)
             for hook in list(site.hooks.values()):
                 if hook(self) and not self._stepping:
                     self._arrival_done = address
                     self._request_stop(StopReason.HOOK, pc=address)
+            if len(self._services) > pending:
+                self._arrival_done = address  # resuming here must not run these hooks again
             return
         self._arrival_done = None
         stop = False
+        pending = len(self._services)
         for hook in list(site.hooks.values()):
             stop = bool(hook(self)) or stop
+        if len(self._services) > pending:
+            self._arrival_done = address  # resuming here must not run these hooks again
         if site.breakpoint:
             self._arrival_done = address
             self._request_stop(StopReason.BREAKPOINT, pc=address)

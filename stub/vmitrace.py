@@ -98,9 +98,8 @@ class VmiTracer:
             n += 1
             yield e
 
-    def service(self) -> bool:
-        """Install the hooks the last run asked for. True if there was work (the stop was ours)."""
-        did = False
+    def service(self) -> None:
+        """Install the hooks the last run asked for (called by the machine between runs)."""
         if self._rom_pending_base is not None:
             base, self._rom_pending_base = self._rom_pending_base, None
             if base != self.rom_base or not self._entry_hooks:
@@ -108,13 +107,10 @@ class VmiTracer:
                 self.rom_base = base
                 if self.enabled:
                     self._install_entries(base)
-            did = True
-        for ret in list(self._wanted_returns):
+        for ret in self._wanted_returns:
             if ret not in self._return_hooks and self.enabled:
                 self._return_hooks[ret] = self.machine.add_code_hook(ret, self._on_return)
-            did = True
         self._wanted_returns.clear()
-        return did
 
     # --- recording -----------------------------------------------------------------------------
     def _emit(self, event: tr.Event) -> None:
@@ -134,7 +130,8 @@ class VmiTracer:
         if self.enabled:
             self._emit(tr.RomInit(self._next(), base=base, batched=self.batched))
         self._rom_pending_base = base
-        return True  # stop so that service() can hook the entries
+        m.request_service(self.service)  # hook the entries between runs
+        return False
 
     def _install_entries(self, base: int) -> None:
         try:
@@ -183,14 +180,13 @@ class VmiTracer:
         self._emit(tr.RomCall(seq, call=spec.name, entry=m.reg_read("eip"),
                               site=(ret - 5) & 0xFFFFFFFF, args=args))
         self._record_side_effects(m, spec.call, args)
-        stop = False
         if spec.returns:
             self._pending.append(_Pending(seq, spec.call, ret, (esp + 4) & 0xFFFFFFFF))
             del self._pending[:-64]
-            if ret not in self._return_hooks:
+            if ret not in self._return_hooks and ret not in self._wanted_returns:
                 self._wanted_returns.add(ret)
-                stop = True  # install the return hook between runs, then resume
-        return stop
+                m.request_service(self.service)  # hook the return address between runs
+        return False
 
     def _on_return(self, m: Machine) -> bool:
         if not self._pending:

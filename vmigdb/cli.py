@@ -65,9 +65,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from vmigdb.stub.machine import Machine
+    from vmigdb.stub.monitor import default_table
     from vmigdb.stub.server import serve
+    from vmigdb.stub.vmitrace import VmiTracer, register_monitor
 
     machine = Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline)
+    monitor = default_table()
+    tracer = VmiTracer(machine)
+    if args.trace:
+        tracer.start()
+    register_monitor(monitor, tracer)
     out = sys.stdout.buffer
 
     def serial(data: bytes) -> None:
@@ -81,7 +88,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"(gdb: target remote {args.listen}:{port})", file=sys.stderr, flush=True)
 
     try:
-        serve(machine, host=args.listen, port=args.port, ready=ready)
+        serve(machine, host=args.listen, port=args.port, ready=ready, monitor=monitor)
     except OSError as e:
         raise VmiError(f"cannot listen on {args.listen}:{args.port}: {e.strerror}") from None
     return EXIT_OK
@@ -103,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--cmdline", default="", help="multiboot command line text")
     srv.add_argument("--port", type=int, default=1234, help="TCP port (0: any free port)")
     srv.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    srv.add_argument("--trace", action="store_true",
+                     help="start the VMI tracer at once (else: monitor vmi trace on)")
     srv.set_defaults(func=_cmd_serve)
 
     rom = sub.add_parser("rom", help="inspect a VMI ROM image")

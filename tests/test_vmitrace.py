@@ -1,0 +1,113 @@
+"""The in-stub VMI tracer on the real machine, ROM and guest: its events agree with what the guest
+itself counted and logged on COM1, in both ROM modes."""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import pytest
+from conftest import Built
+from test_guest_qemu import summary
+
+from vmigdb import abi
+from vmigdb import trace as tr
+from vmigdb.stub.machine import Machine, StopReason
+from vmigdb.stub.vmitrace import VmiTracer
+
+
+def _boot(built: Built, cmdline: str, capacity: int = 1 << 20) -> tuple[VmiTracer, str]:
+    m = Machine.from_files(str(built.guest), rom=str(built.rom), cmdline=cmdline)
+    out: list[bytes] = []
+    m.on_serial = out.append
+    t = VmiTracer(m, capacity=capacity)
+    t.start()
+    stop = m.run()
+    assert stop.reason is StopReason.EXIT and stop.exit_code == 0, stop
+    return t, b"".join(out).decode().replace("\r", "")
+
+
+@pytest.fixture(scope="module", params=["copy", "inplace"])
+def traced(request: pytest.FixtureRequest, built: Built) -> tuple[VmiTracer, str]:
+    return _boot(built, f"rom={request.param}")
+
+
+def _of(t: VmiTracer, kind: type[tr.Event]) -> list:
+    return [e for e in t.events if isinstance(e, kind)]
+
+
+def test_every_rom_call_is_recorded(traced: tuple[VmiTracer, str]) -> None:
+    t, serial = traced
+    calls = _of(t, tr.RomCall)
+    assert len(calls) == int(summary(serial)["calls"])
+    counted = dict(re.findall(r" (\w+)=(\d+)", next(ln for ln in serial.splitlines()
+                                                    if ln.startswith("calls:"))))
+    seen = collections.Counter(c.call for c in calls)
+    assert {k: str(v) for k, v in seen.items()} == counted
+    assert t.dropped == 0
+
+
+def test_returns_match_calls(traced: tuple[VmiTracer, str]) -> None:
+    t, _ = traced
+    calls = {c.seq: c for c in _of(t, tr.RomCall)}
+    returns = _of(t, tr.RomReturn)
+    never = sum(1 for c in calls.values() if not abi.CALLS[abi.VmiCall[c.call]].returns)
+    assert len(returns) == len(calls) - never
+    for r in returns:
+        assert calls[r.call_seq].call == r.call
+        assert set(r.results) == set(abi.CALLS[abi.VmiCall[r.call]].results)
+
+
+def test_batches_equal_the_guests_counts(traced: tuple[VmiTracer, str]) -> None:
+    t, serial = traced
+    s = summary(serial)
+    flushes = _of(t, tr.BatchFlush)
+    assert len(flushes) == int(s["flushes"])
+    assert sum(f.count for f in flushes) == int(s["deferred"])
+    assert [f.batch for f in flushes] == list(range(1, len(flushes) + 1))
+    assert t.batched == (s["batched"] == "1")
+    for f in flushes:
+        assert f.trigger in abi.FlushTrigger.__members__
+        assert 1 <= f.count <= abi.ROM_QUEUE_LEN
+
+
+def test_cpuid_setpxe_setcr3_args_equal_the_guest_log(traced: tuple[VmiTracer, str]) -> None:
+    t, serial = traced
+    calls = _of(t, tr.RomCall)
+    returns = {r.call_seq: r for r in _of(t, tr.RomReturn)}
+    for leaf, eax, ebx, ecx, edx in re.findall(
+            r"^cpuid leaf=(0x[0-9a-f]+) -> eax=(0x[0-9a-f]+) ebx=(0x[0-9a-f]+) "
+            r"ecx=(0x[0-9a-f]+) edx=(0x[0-9a-f]+)", serial, re.MULTILINE):
+        call = next(c for c in calls if c.call == "CPUID" and c.args["leaf"] == int(leaf, 16))
+        assert returns[call.seq].results == {"eax": int(eax, 16), "ebx": int(ebx, 16),
+                                             "ecx": int(ecx, 16), "edx": int(edx, 16)}
+    setpxe = {(c.args["pte"], c.args["ptep"], c.args["flags"]) for c in calls
+              if c.call == "SetPxE"}
+    logged = re.findall(r"^setpxe pte=(0x[0-9a-f]+) ptep=(0x[0-9a-f]+) flags=(0x[0-9a-f]+)",
+                        serial, re.MULTILINE)
+    assert logged
+    assert {tuple(int(v, 16) for v in row) for row in logged} <= setpxe
+    cr3 = [c.args["value"] for c in calls if c.call == "SetCR3"]
+    logged_cr3 = [int(v, 16) for v in re.findall(r"^setcr3 (0x[0-9a-f]+)", serial, re.MULTILINE)]
+    assert logged_cr3 and set(logged_cr3) <= set(cr3)
+
+
+def test_deferred_pte_writes_land_in_memory_order(traced: tuple[VmiTracer, str]) -> None:
+    t, _ = traced
+    assert _of(t, tr.PteWrite)
+    accessed_dirty = 0x60  # the CPU sets A and D in PTEs behind everyone's back
+    last: dict[int, int] = {}
+    for e in t.events:
+        if isinstance(e, tr.RomCall) and e.call in ("UpdatePxE", "UpdatePxELong"):
+            last.pop(e.args["ptep"], None)  # the guest wrote this entry itself
+        elif isinstance(e, tr.PteWrite):
+            if e.ptep in last:  # each write starts from the value the previous one left
+                assert e.old & ~accessed_dirty == last[e.ptep] & ~accessed_dirty, e
+            last[e.ptep] = e.new
+
+
+def test_ring_buffer_is_bounded_and_counts_drops(built: Built) -> None:
+    t, _ = _boot(built, "rom=copy", capacity=1000)
+    assert len(t.events) == 1000
+    assert t.dropped == t.status()["next_seq"] - 1000 > 0
+    assert next(iter(t.events)).seq == t.dropped
