@@ -474,13 +474,10 @@ class Machine:
         """Read through the guest's page tables (identity while paging is off); MemoryFault."""
         out = []
         for va, n in _pages(addr, size):
-            data = uc_ctypes.vmem_read(self.uc, va, n)
-            if data is None:
-                pa = self._walk(va)
-                if pa is None or not self._is_backed(pa, n):
-                    raise MemoryFault(va)
-                data = bytes(self.uc.mem_read(pa, n))
-            out.append(data)
+            pa = self.translate(va)
+            if pa is None or not self._is_backed(pa, n):
+                raise MemoryFault(va)
+            out.append(bytes(self.uc.mem_read(pa, n)))
         return b"".join(out)
 
     def read_virt_or_none(self, addr: int, size: int) -> bytes | None:
@@ -536,9 +533,14 @@ class Machine:
         return 0 <= pa and pa + size <= self.ram_size
 
     def translate(self, va: int) -> int | None:
-        """Guest-virtual to physical through the current page tables; None if unmapped."""
-        pa = uc_ctypes.vmem_translate(self.uc, va & 0xFFFFFFFF)
-        return pa if pa is not None else self._walk(va & 0xFFFFFFFF)
+        """Guest-virtual to physical through the current page tables; None if unmapped.
+
+        A walk of the tables in memory, as QEMU's gdbstub does, not Unicorn's TLB: after a guest
+        changes a PTE without invlpg the debugger already sees the new mapping."""
+        va &= 0xFFFFFFFF
+        if not self.uc.reg_read(X.UC_X86_REG_CR0) & 0x80000000:
+            return va
+        return self._walk(va)
 
     def _walk(self, va: int) -> int | None:
         """Supervisor view of a mapping. Unicorn's vmem calls check access at the current CPL,
