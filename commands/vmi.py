@@ -145,3 +145,9 @@ def register() -> None:
     VmiSetPrefix()
     VmiShowPrefix()
     _debug = DebugParameter()
+    from vmigdb.commands import batches, pte, rom, sites, trace, tracesource
+
+    for command in (rom.VmiRom, sites.VmiSites, sites.VmiDecode, trace.VmiTrace,
+                    batches.VmiBatches, batches.VmiBatch, pte.VmiPte):
+        command()
+    tracesource.connect_events()

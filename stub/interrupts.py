@@ -87,7 +87,7 @@ def deliver(m: Machine, vector: int, error_code: int | None, return_eip: int) ->
 
 
 def _read(m: Machine, va: int, size: int, what: str) -> bytes:
-    data = m.read_virt_or_none(va, size)
+    data = m.read_cpu_or_none(va, size)
     if data is None:
         raise DeliveryError(f"{what} at {va:#x} is not mapped")
     return data

@@ -182,3 +182,39 @@ class ContextPeek:
     def old_exception(self) -> int:
         self.uc.context_update(self.ctx)
         return ctypes.c_int32.from_address(self.ctx.context.value + self.off.old_exception).value
+
+
+uclib.uc_reg_read.restype = ctypes.c_int
+uclib.uc_reg_read.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+_reg_buf = ctypes.c_uint64()
+_reg_ref = ctypes.byref(_reg_buf)
+
+
+def reg_read32(uc: Uc, regid: int) -> int:
+    """A 32-bit register straight from libunicorn: about 3x cheaper than the binding's reg_read,
+    which the tracer calls for every argument of every ROM call."""
+    _reg_buf.value = 0
+    uclib.uc_reg_read(uc._uch, regid, _reg_ref)
+    return _reg_buf.value & 0xFFFFFFFF
+
+
+uclib.uc_reg_read_batch.restype = ctypes.c_int
+uclib.uc_reg_read_batch.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_int)
+
+
+def batch_reader(uc: Uc, regids: tuple[int, ...]):
+    """A function reading these 32-bit registers in one libunicorn call (the tracer's hooks)."""
+    n = len(regids)
+    ids = (ctypes.c_int * n)(*regids)
+    vals = (ctypes.c_uint64 * n)()
+    ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n)))
+    handle = uc._uch
+    read = uclib.uc_reg_read_batch
+
+    def reader() -> list[int]:
+        ctypes.memset(vals, 0, 8 * n)
+        read(handle, ids, ptrs, n)
+        return [v & 0xFFFFFFFF for v in vals]
+
+    return reader

@@ -1,0 +1,149 @@
+"""Where trace events come from: vmigdb's stub (fast) or gdb breakpoints (portable).
+
+Both give ``vmigdb.trace`` events with the same fields, so every view works on either. The stub
+is recognised by answering ``monitor vmi trace status`` with a JSON object; its events are
+fetched with ``monitor vmi trace dump FROM COUNT`` (one JSON event per line) and cached here, so
+each view only asks for the events it has not seen. Any other target gets the portable tracer.
+One source per gdb connection: reconnecting starts afresh, while the events of a closed
+connection stay readable (``vmi trace save`` after QEMU exited).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Protocol
+
+import gdb
+
+from vmigdb import trace as tr
+from vmigdb.abi import VmiCall
+from vmigdb.commands.portable import PortableTracer
+from vmigdb.errors import VmiError
+
+#: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
+DUMP_CHUNK = 2000
+
+
+class TraceSource(Protocol):
+    kind: str
+
+    def start(self, rom_addr: int | None = None, calls: Iterable[VmiCall] | None = None,
+              returns: bool = True) -> list[str]: ...
+
+    def stop(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def status(self) -> dict[str, object]: ...
+
+    def events(self) -> list[tr.Event]: ...
+
+
+def _monitor(command: str) -> str:
+    return gdb.execute(f"monitor {command}", to_string=True)
+
+
+def _json_object(text: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(text.strip())
+    except (json.JSONDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class StubSource:
+    """vmigdb's stub records in the machine; gdb only fetches (the fast path)."""
+
+    kind = "stub"
+
+    def __init__(self) -> None:
+        self._events: list[tr.Event] = []
+
+    def start(self, rom_addr: int | None = None, calls: Iterable[VmiCall] | None = None,
+              returns: bool = True) -> list[str]:
+        if rom_addr is not None or calls is not None or not returns:
+            raise VmiError("the stub traces every call with its return; --rom, --calls and "
+                           "--no-returns apply to the portable path (add --portable)")
+        st = _json_object(_monitor("vmi trace start")) or {}
+        where = st.get("rom_base")
+        rom = f"ROM at {where:#x}" if isinstance(where, int) else "ROM not initialised yet"
+        return [f"the stub records in the machine ({rom}; {st.get('events', 0)} events kept)"]
+
+    def stop(self) -> None:
+        _monitor("vmi trace stop")
+
+    def clear(self) -> None:
+        _monitor("vmi trace clear")
+        self._events.clear()
+
+    def status(self) -> dict[str, object]:
+        st = _json_object(_monitor("vmi trace status")) or {}
+        if isinstance(st.get("rom_base"), int):
+            st["rom_base"] = f"{st['rom_base']:#x}"
+        return {"source": self.kind, **st, "fetched": len(self._events)}
+
+    def events(self) -> list[tr.Event]:
+        start = self._events[-1].seq + 1 if self._events else 0
+        while True:
+            text = _monitor(f"vmi trace dump {start} {DUMP_CHUNK}")
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            for ln in lines:
+                try:
+                    self._events.append(tr.event_from_json(json.loads(ln)))
+                except (json.JSONDecodeError, ValueError) as e:
+                    raise VmiError(f"the stub sent a bad trace line: {e}") from None
+            if len(lines) < DUMP_CHUNK:
+                return self._events
+            start = self._events[-1].seq + 1
+
+
+def is_stub() -> bool:
+    """True when the target answers ``monitor vmi trace status`` with JSON (vmigdb's stub)."""
+    try:
+        st = _json_object(_monitor("vmi trace status"))
+    except gdb.error:
+        return False
+    return st is not None and "enabled" in st
+
+
+_sources: dict[int, TraceSource] = {}
+_last: TraceSource | None = None
+
+
+def _connection() -> int:
+    inf = gdb.selected_inferior()
+    return inf.connection_num or 0
+
+
+def current(*, create: bool = True, portable: bool = False) -> TraceSource | None:
+    """This connection's source (created on first use), else the last one (a closed target)."""
+    global _last
+    key = _connection()
+    src = _sources.get(key) if key else None
+    if src is not None and not (portable and src.kind != "portable"):
+        _last = src
+        return src
+    if not key or not create:
+        return _last
+    old = _sources.pop(key, None)
+    if isinstance(old, PortableTracer):
+        old.stop()
+    src = PortableTracer() if portable or not is_stub() else StubSource()
+    _sources[key] = src
+    _last = src
+    return src
+
+
+def _on_connection_removed(event: object) -> None:
+    """The target went away: its breakpoints go too, its events stay readable."""
+    conn = getattr(event, "connection", None)
+    key = getattr(conn, "num", None)
+    src = _sources.pop(key, None) if key is not None else None
+    if isinstance(src, PortableTracer):
+        src.stop()
+
+
+def connect_events() -> None:
+    if hasattr(gdb.events, "connection_removed"):
+        gdb.events.connection_removed.connect(_on_connection_removed)

@@ -1,0 +1,121 @@
+"""The call trace: trace events as a table, arguments and results decoded by their ABI kind.
+
+A ROM call and its return are one row (the return's results joined by ``call_seq``); lazy-mode
+changes, PTE writes and batch flushes get their own rows so the order of what happened shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from vmigdb import abi, decode
+from vmigdb import trace as tr
+
+Symbolize = Callable[[int], str]
+
+
+def _kinds(call: str) -> dict[str, str]:
+    try:
+        spec = abi.CALLS[abi.VmiCall[call]]
+    except KeyError:
+        return {}
+    return {a.name: a.kind for a in spec.args}
+
+
+def format_value(name: str, value: int, kind: str) -> str:
+    """``name=0x... (decoded)``; the decoded part only when the kind says something."""
+    text = f"{name}={value:#x}"
+    meaning = decode.describe(kind, value)
+    return f"{text} ({meaning})" if meaning else text
+
+
+def format_args(call: str, args: dict[str, int]) -> str:
+    kinds = _kinds(call)
+    return " ".join(format_value(k, v, kinds.get(k, "u32")) for k, v in args.items())
+
+
+def format_results(results: dict[str, int]) -> str:
+    return " ".join(f"{k}={v:#x}" for k, v in results.items())
+
+
+def select(events: Iterable[tr.Event], *, call: str | None = None, since: int | None = None
+           ) -> list[tr.Event]:
+    """The events a trace view shows: returns folded into calls, optional filters."""
+    out = []
+    for e in events:
+        if isinstance(e, tr.RomReturn):
+            continue
+        if since is not None and e.seq < since:
+            continue
+        if call is not None and not (isinstance(e, tr.RomCall) and e.call == call):
+            continue
+        out.append(e)
+    return out
+
+
+def _site(addr: int, symbolize: Symbolize | None) -> str:
+    if not addr:
+        return "-"
+    name = symbolize(addr) if symbolize else ""
+    return f"{addr:#x} {name}".rstrip()
+
+
+def _row(e: tr.Event, returns: dict[int, tr.RomReturn], symbolize: Symbolize | None
+         ) -> tuple[str, Text, str | Text, str | Text, str | Text]:
+    if isinstance(e, tr.RomCall):
+        r = returns.get(e.seq)
+        result = format_results(r.results) if r and r.results else ("" if r else "(no return)")
+        return (str(e.seq), Text(e.call, style="bold"), Text(format_args(e.call, e.args)),
+                Text(result), Text(_site(e.site, symbolize)))
+    if isinstance(e, tr.PteWrite):
+        how = f"batch {e.batch}" if e.deferred else "direct"
+        return (str(e.seq), Text("  pte write", style="cyan"),
+                f"ptep={e.ptep:#x} {e.old:#x} -> {e.new:#x} ({decode.describe_pte(e.new)})",
+                how, "")
+    if isinstance(e, tr.LazyMode):
+        return (str(e.seq), Text("  lazy mode", style="cyan"),
+                (f"{abi.LAZY_MODE_NAMES.get(e.old, e.old)} -> "
+                f"{abi.LAZY_MODE_NAMES.get(e.new, e.new)}"), "", "")
+    if isinstance(e, tr.BatchFlush):
+        return (str(e.seq), Text("  batch flush", style="magenta"),
+                f"batch {e.batch}: {e.count} updates, trigger {e.trigger}",
+                f"TLB {e.tlb_action}", "")
+    if isinstance(e, tr.RomInit):
+        return (str(e.seq), Text("vmi_init", style="bold"),
+                f"ROM at {e.base:#x}, batching {'on' if e.batched else 'off'}", "", "")
+    if isinstance(e, tr.PatchSite):
+        return (str(e.seq), Text("patch site"), f"{e.addr:#x} type {e.type} {e.reloc}",
+                f"{e.target:#x}", "")
+    return (str(e.seq), Text(type(e).__name__), "", "", "")
+
+
+def render_trace(events: Sequence[tr.Event], *, last: int | None = 20, call: str | None = None,
+                 since: int | None = None, symbolize: Symbolize | None = None,
+                 title: str = "") -> RenderableType:
+    """The last ``last`` rows (None: all) of the trace, filtered by call name and seq."""
+    returns = {e.call_seq: e for e in events if isinstance(e, tr.RomReturn)}
+    rows = select(events, call=call, since=since)
+    shown = rows[-last:] if last is not None and last > 0 else rows
+    t = Table(title=title or f"VMI trace: {len(shown)} of {len(rows)} rows")
+    t.add_column("seq", justify="right")
+    t.add_column("call")
+    t.add_column("arguments")
+    t.add_column("results")
+    t.add_column("site")
+    for e in shown:
+        t.add_row(*_row(e, returns, symbolize))
+    calls = sum(1 for e in events if isinstance(e, tr.RomCall))
+    return Group(t, Text(f"{len(events)} events, {calls} ROM calls"))
+
+
+def call_counts(events: Iterable[tr.Event]) -> dict[str, int]:
+    """ROM calls by name, most frequent first."""
+    counts: dict[str, int] = {}
+    for e in events:
+        if isinstance(e, tr.RomCall):
+            counts[e.call] = counts.get(e.call, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
