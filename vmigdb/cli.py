@@ -94,6 +94,76 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_capture(args: argparse.Namespace) -> int:
+    from vmigdb import capture
+    from vmigdb.views import console
+    from vmigdb.views.capture import capture_with_progress, render_summary
+
+    cfg = capture.Config(
+        guest=Path(args.guest), output=Path(args.output),
+        rom=Path(args.rom) if args.rom else None, cmdline=args.cmdline, target=args.target,
+        until=capture.Until.parse(args.until),
+        gdb_script=Path(args.gdb_script) if args.gdb_script else None,
+        timeout=args.timeout, serial=Path(args.serial) if args.serial else None)
+    if capture.is_terminal(sys.stderr):
+        err = console.make_console(sys.stderr)
+        result = capture_with_progress(cfg, err)
+        err.print(render_summary(result))
+    else:
+        result = capture.capture(cfg)
+        print(capture.result_line(result), flush=True)
+        if not result.ok:
+            print(f"vmigdb: the guest failed: {result.message}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_GUEST_FAILED
+
+
+def _read_trace(path: str):  # -> vmigdb.trace.Trace
+    """Read a trace; a cut end is one warning line on stderr, not an error."""
+    from vmigdb import trace as tr
+
+    t = tr.read_trace(path)
+    warning = tr.cut_warning(t, path)
+    if warning:
+        print(f"vmigdb: {warning}", file=sys.stderr)
+    return t
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from vmigdb import perfetto, report
+    from vmigdb.views import console
+
+    t = _read_trace(args.trace)
+    elf = report.load_elf(args.elf or t.meta.get("guest"))
+    view = report.render_report(t, name=args.trace, elf=elf, top_sites=args.sites)
+    console.make_console().print(view)
+    written = report.export(view, html=args.html, svg=args.svg,
+                            title=f"vmigdb report: {Path(args.trace).name}")
+    if args.perfetto:
+        try:
+            with open(args.perfetto, "w", encoding="utf-8") as f:
+                json.dump(perfetto.chrome_trace(t), f, separators=(",", ":"))
+        except OSError as e:
+            raise VmiError(f"cannot write {args.perfetto}: {e.strerror}") from None
+        written.append(args.perfetto)
+    for path in written:
+        print(f"vmigdb: wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from vmigdb import tracediff
+    from vmigdb.views import console
+    from vmigdb.views.diff import render_diff
+
+    a, b = _read_trace(args.a), _read_trace(args.b)
+    d = tracediff.diff(a.events, b.events, context=args.context, strict=args.strict,
+                       relative=args.relative)
+    console.make_console().print(render_diff(d, args.a, args.b))
+    return EXIT_OK if d.equivalent else EXIT_GUEST_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vmigdb", description="Debug VMI-paravirtualized x86 guests from gdb.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -113,6 +183,41 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--trace", action="store_true",
                      help="start the VMI tracer at once (else: monitor vmi trace on)")
     srv.set_defaults(func=_cmd_serve)
+
+    cap = sub.add_parser("capture", help="run a guest under gdb and write its VMI trace")
+    cap.add_argument("guest", help="multiboot ELF32 guest")
+    cap.add_argument("-o", "--output", required=True, help="trace file to write (JSON lines)")
+    cap.add_argument("--rom", help="VMI ROM image (default: the built identity ROM)")
+    cap.add_argument("--cmdline", default="", help="multiboot command line text")
+    cap.add_argument("--target", choices=("stub", "qemu"), default="stub",
+                     help="vmigdb's stub (fast path) or qemu-system-i386 (portable path)")
+    cap.add_argument("--until", default="exit",
+                     help="exit (default), calls=N (N ROM calls), or a gdb location (SYMBOL)")
+    cap.add_argument("--gdb-script", help="gdb commands to source before tracing starts")
+    cap.add_argument("--timeout", type=float, help="give up after this many seconds of run")
+    cap.add_argument("--serial", help="write the guest's COM1 output to this file")
+    cap.set_defaults(func=_cmd_capture)
+
+    rep = sub.add_parser("report", help="show a trace: calls and cost, sites, batches, flags")
+    rep.add_argument("trace", help="trace file (vmigdb capture, vmi trace save)")
+    rep.add_argument("--elf", help="guest ELF for symbols and patch records (default: the "
+                                   "trace's guest)")
+    rep.add_argument("--sites", type=int, default=20, help="calling sites to list (0: all)")
+    rep.add_argument("--html", help="also write the report as HTML")
+    rep.add_argument("--svg", help="also write the report as SVG")
+    rep.add_argument("--perfetto", help="write Chrome trace-event JSON for Perfetto")
+    rep.set_defaults(func=_cmd_report)
+
+    dif = sub.add_parser("diff", help="where two traces diverge (exit 1 when they differ)")
+    dif.add_argument("a", help="first trace")
+    dif.add_argument("b", help="second trace")
+    dif.add_argument("--context", type=int, default=3, help="events shown around the first "
+                                                            "difference")
+    dif.add_argument("--strict", action="store_true",
+                     help="compare clock results (RDTSC...) too")
+    dif.add_argument("--relative", action="store_true",
+                     help="compare ROM entries as offsets (a ROM at another address)")
+    dif.set_defaults(func=_cmd_diff)
 
     rom = sub.add_parser("rom", help="inspect a VMI ROM image")
     rom_sub = rom.add_subparsers(dest="rom_command", required=True, parser_class=_Parser)

@@ -4,6 +4,9 @@ The stub's tracer, the portable gdb path and ``vmigdb capture`` all emit these e
 views, reports and diffs consume only them. A trace file is one JSON object per line: a header
 line ``{"format": "vmigdb-trace", "version": 1, ...}`` then one event per line, each with a
 ``"type"`` field. Field names are stable; a reader rejects a version it does not know.
+A streamed trace (``TraceWriter``: the header says ``"streamed": true``) ends with an ``end``
+record, so a reader can tell a finished capture from one that was killed; docs/trace-format.md
+is the full description.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import json
 from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import IO, Any, ClassVar, TextIO
 
 from vmigdb.errors import TraceFormatError
 
 FORMAT_NAME = "vmigdb-trace"
 FORMAT_VERSION = 1
+#: The ``type`` of the record that ends a streamed trace (not an event: it carries no ``seq``).
+END_TYPE = "end"
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,34 @@ class Event:
         if missing:
             raise ValueError(f"{cls.TYPE} event lacks {', '.join(sorted(missing))}")
         kwargs = {k: v for k, v in d.items() if k in names}
+        for f in fields(cls):
+            if f.name in kwargs and not _fits(f, kwargs[f.name]):
+                raise ValueError(f"{cls.TYPE} event: field {f.name!r} has a wrong type "
+                                 f"({type(kwargs[f.name]).__name__})")
         return cls(**kwargs)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fits(f: Any, v: Any) -> bool:
+    """Does ``v`` have the JSON type the field's default says (ints, never bools, for ints;
+    {name: int} for dicts; [[int, ...], ...] for lists)?"""
+    if f.default is MISSING and f.default_factory is MISSING:
+        return _is_int(v)  # seq
+    if f.default_factory is dict:
+        return isinstance(v, dict) and all(_is_int(x) for x in v.values())
+    if f.default_factory is list:
+        return isinstance(v, list) and all(
+            isinstance(row, list) and all(_is_int(x) for x in row) for row in v)
+    if f.default is None:
+        return v is None or _is_int(v)
+    if isinstance(f.default, bool):
+        return isinstance(v, bool)
+    if isinstance(f.default, int):
+        return _is_int(v)
+    return isinstance(v, type(f.default))
 
 
 @dataclass(frozen=True)
@@ -149,56 +181,145 @@ def dumps(event: Event) -> str:
 
 
 def write_trace(out: TextIO, events: Iterable[Event], **meta: Any) -> None:
-    """Write a whole trace: header then events, one per line."""
+    """Write a whole trace at once: header then events, one per line (no end record: a trace
+    written whole is complete by construction)."""
     out.write(json.dumps(header(**meta)) + "\n")
     out.writelines(dumps(e) + "\n" for e in events)
 
 
+class TraceWriter:
+    """Write a trace as it is recorded: the header at once, events in batches, an end record.
+
+    Each ``flush()`` writes whole lines and flushes them to the OS, so a writer killed at any
+    moment leaves a readable prefix (at worst a cut last line, which ``read_trace`` drops with a
+    warning). The header says ``"streamed": true``; ``close()`` appends the end record, whose
+    absence tells a reader the capture never finished.
+    """
+
+    def __init__(self, out: IO[str], **meta: Any) -> None:
+        self.out = out
+        self.count = 0
+        self._lines: list[str] = []
+        self._last_seq: int | None = None
+        out.write(json.dumps(header(streamed=True, **meta)) + "\n")
+        out.flush()
+
+    def add(self, event: Event) -> None:
+        """Queue one event (written at the next ``flush``); seqs must grow."""
+        if self._last_seq is not None and event.seq <= self._last_seq:
+            raise ValueError(f"event seq {event.seq} after {self._last_seq}")
+        self._last_seq = event.seq
+        self._lines.append(dumps(event) + "\n")
+        self.count += 1
+
+    def extend(self, events: Iterable[Event]) -> None:
+        for e in events:
+            self.add(e)
+
+    def flush(self) -> None:
+        if self._lines:
+            self.out.write("".join(self._lines))
+            self._lines.clear()
+        self.out.flush()
+
+    def close(self, **end: Any) -> None:
+        """Flush, then write the end record (``events`` = how many events precede it)."""
+        self.flush()
+        self.out.write(json.dumps({"type": END_TYPE, "events": self.count, **end}) + "\n")
+        self.out.flush()
+
+
 @dataclass
 class Trace:
-    """A trace read from a file: its header, its events, and whether its end was cut off."""
+    """A trace read from a file: its header, its events, and whether its end was cut off.
+
+    ``truncated``: the end is missing, either because the last line is cut (``partial_line``)
+    or because a streamed trace has no end record (its writer was killed between lines).
+    """
 
     meta: dict[str, Any]
     events: list[Event]
     truncated: bool = False
+    partial_line: bool = False
+    end: dict[str, Any] | None = None
+    lines: int = 0  # complete lines read (header included)
 
 
-def read_trace(source: str | Path | TextIO) -> Trace:
-    """Read a trace; a cut-off last line (a killed capture) sets ``truncated``, anything else
+def cut_warning(t: Trace, name: str = "trace") -> str | None:
+    """One line for a trace whose end was cut off (a killed capture), else None."""
+    if not t.truncated:
+        return None
+    why = (f"line {t.lines + 1} is incomplete" if t.partial_line
+           else "it has no end record")
+    return (f"warning: {name} is cut off after {len(t.events)} events ({why}: "
+            "the capture was killed or is still running); reading the complete lines")
+
+
+def read_trace(source: str | Path | IO[str] | IO[bytes]) -> Trace:
+    """Read a trace; a cut-off end (a killed capture) sets ``truncated``, anything else
     malformed raises TraceFormatError naming the line."""
     if isinstance(source, (str, Path)):
         try:
-            with open(source, encoding="utf-8") as f:
-                return read_trace(f)
+            with open(source, "rb") as f:
+                return _read_lines(f)
         except OSError as e:
             raise TraceFormatError(f"cannot read {source}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise TraceFormatError(f"{source} is not a text trace file") from None
-    lines = source.read().split("\n")
-    ends_clean = lines[-1] == ""
-    if ends_clean:
-        lines.pop()
-    if not lines:
-        raise TraceFormatError("empty file: no trace header", line=1)
-    try:
-        meta = json.loads(lines[0])
-    except json.JSONDecodeError:
-        raise TraceFormatError("not a vmigdb trace (no JSON header)", line=1) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise TraceFormatError("not a vmigdb trace (header lacks format=vmigdb-trace)", line=1)
-    if meta.get("version") != FORMAT_VERSION:
-        raise TraceFormatError(
-            f"trace format version {meta.get('version')!r} is not supported "
-            f"(this vmigdb reads {FORMAT_VERSION})", line=1)
+    return _read_lines(source)
+
+
+def _read_lines(source: IO[str] | IO[bytes]) -> Trace:
+    meta: dict[str, Any] | None = None
     events: list[Event] = []
-    truncated = False
-    last = len(lines)
-    for n, text in enumerate(lines[1:], 2):
+    end: dict[str, Any] | None = None
+    n = 0
+    for n, raw in enumerate(source, 1):
+        complete = raw.endswith(b"\n" if isinstance(raw, bytes) else "\n")
         try:
-            events.append(event_from_json(json.loads(text)))
-        except (json.JSONDecodeError, ValueError) as e:
-            if n == last and not ends_clean:
-                truncated = True
-                break
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            value = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            value = _BAD
+        if value is _BAD and not complete and meta is not None:
+            return Trace(meta, events, truncated=True, partial_line=True, end=end, lines=n - 1)
+        if meta is None:
+            meta = _check_header(value, complete)
+            continue
+        if end is not None:
+            raise TraceFormatError("data after the end record", line=n)
+        if value is _BAD:
+            raise TraceFormatError("not a JSON object (corrupt line)" if complete
+                                   else "not valid JSON", line=n)
+        if isinstance(value, dict) and value.get("type") == END_TYPE:
+            end = value
+            if end.get("events") != len(events):
+                raise TraceFormatError(f"the end record counts {end.get('events')!r} events, "
+                                       f"the file holds {len(events)}", line=n)
+            continue
+        try:
+            event = event_from_json(value)
+        except ValueError as e:
             raise TraceFormatError(f"bad event: {e}", line=n) from None
-    return Trace(meta, events, truncated)
+        if events and event.seq <= events[-1].seq:
+            raise TraceFormatError(f"event seq {event.seq} does not follow seq "
+                                   f"{events[-1].seq} (lines out of order or repeated)", line=n)
+        events.append(event)
+    if meta is None:
+        raise TraceFormatError("empty file: no trace header", line=1)
+    streamed = bool(meta.get("streamed"))
+    return Trace(meta, events, truncated=streamed and end is None, end=end, lines=n)
+
+
+_BAD = object()
+
+
+def _check_header(value: Any, complete: bool) -> dict[str, Any]:
+    if value is _BAD:
+        raise TraceFormatError("not a vmigdb trace (no JSON header)" if complete
+                               else "the trace header is cut off", line=1)
+    if not isinstance(value, dict) or value.get("format") != FORMAT_NAME:
+        raise TraceFormatError("not a vmigdb trace (header lacks format=vmigdb-trace)", line=1)
+    if value.get("version") != FORMAT_VERSION:
+        raise TraceFormatError(
+            f"trace format version {value.get('version')!r} is not supported "
+            f"(this vmigdb reads {FORMAT_VERSION})", line=1)
+    return value

@@ -1,0 +1,181 @@
+"""Drive a real gdb over MI with pygdbmi, one token per command, no fixed waits.
+
+Why tokens: pygdbmi's ``write()`` waits 0.2 s for "more output" after every command (shared
+reference unicorn-facts.md section 5). Here each command carries a numeric token, is written
+with ``read_response=False``, and the reader polls (``select`` + ``get_gdb_response`` with no
+wait) until the result record with that token arrives: a command costs what gdb needs (~0.3 ms).
+
+Async records (``*stopped``, ``=thread-group-exited``, the "Remote connection closed" log line)
+are queued in arrival order for the caller. gdb is started by this module (not by pygdbmi), so
+it can be told to die with its parent: a capture killed with SIGKILL leaves no gdb behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import select
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pygdbmi.IoManager import IoManager
+
+from vmigdb.errors import VmiError
+
+GDB = "gdb"
+_PR_SET_PDEATHSIG = 1
+
+Record = dict[str, Any]
+
+
+class GdbMiError(VmiError):
+    """gdb did not answer in time, died, or answered ``^error`` where success was required."""
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: SIGKILL them when the process that started them dies
+    (Linux PR_SET_PDEATHSIG), so a killed capture cannot leave a target or gdb running."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the caller's process group still works
+        pass
+
+
+@dataclass
+class Result:
+    """A command's result record and the text gdb printed while running it."""
+
+    record: Record
+    console: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        return self.record.get("message") or ""  # done, running, connected, error, exit
+
+    @property
+    def payload(self) -> Any:
+        return self.record.get("payload")
+
+    @property
+    def text(self) -> str:
+        return "".join(self.console)
+
+    @property
+    def error(self) -> str:
+        return (self.payload or {}).get("msg", "") if self.message == "error" else ""
+
+
+class Gdb:
+    """One gdb process speaking MI3, in async mode (commands are accepted while the target runs).
+    """
+
+    def __init__(self, args: Sequence[str] = (), *, gdb: str = GDB,
+                 timeout: float = 20.0) -> None:
+        argv = [gdb, "--nx", "--quiet", "--interpreter=mi3", *args]
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, bufsize=0,
+                                         preexec_fn=die_with_parent)  # noqa: PLW1509
+        except OSError as e:
+            raise GdbMiError(f"cannot start {gdb}: {e.strerror}") from None
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        self._io = IoManager(self.proc.stdin, self.proc.stdout, self.proc.stderr, 0)
+        self._fds = [self.proc.stdout.fileno(), self.proc.stderr.fileno()]
+        self._tokens = itertools.count(1)
+        self.timeout = timeout
+        #: async and stream records not consumed by a command, in arrival order
+        self.pending: deque[Record] = deque()
+        for setting in ("confirm off", "pagination off", "width 0", "height 0",
+                        "mi-async on"):
+            self.ok(f"-gdb-set {setting}")
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def poll(self, wait: float = 0.0) -> list[Record]:
+        """Records available within ``wait`` seconds (none if nothing came)."""
+        ready, _, _ = select.select(self._fds, [], [], max(wait, 0.0))
+        if not ready:
+            return []
+        records = self._io.get_gdb_response(timeout_sec=0, raise_error_on_timeout=False)
+        if not records and self.proc.poll() is not None:
+            raise GdbMiError(f"gdb exited with status {self.proc.returncode}")
+        return records
+
+    def send(self, command: str) -> int:
+        """Write one MI command with a fresh token; returns the token (no waiting)."""
+        token = next(self._tokens)
+        try:
+            self._io.write(f"{token}{command}", timeout_sec=self.timeout, read_response=False)
+        except (OSError, ValueError):
+            raise GdbMiError(f"gdb is gone (status {self.proc.poll()})") from None
+        return token
+
+    def result(self, token: int, timeout: float | None = None) -> Result:
+        """Wait for the result record carrying ``token``; console text seen meanwhile is
+        collected into it, everything else is queued in ``pending``."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        out = Result({})
+        while True:
+            for rec in self.poll(deadline - time.monotonic()):
+                if rec["type"] == "result" and rec.get("token") == token:
+                    out.record = rec
+                    return out
+                if rec["type"] in ("console", "target"):
+                    out.console.append(rec.get("payload") or "")
+                self.pending.append(rec)
+            if time.monotonic() >= deadline:
+                raise GdbMiError(f"gdb gave no answer to command {token} within {limit:g} s")
+
+    def cmd(self, command: str, timeout: float | None = None) -> Result:
+        return self.result(self.send(command), timeout)
+
+    def ok(self, command: str, timeout: float | None = None) -> Result:
+        """Like ``cmd``, but ``^error`` raises GdbMiError with gdb's message."""
+        res = self.cmd(command, timeout)
+        if res.message == "error":
+            raise GdbMiError(res.error or f"{command}: failed")
+        return res
+
+    def console(self, line: str, timeout: float | None = None) -> Result:
+        """A CLI command through MI (``-interpreter-exec console``); ``^error`` raises."""
+        return self.ok(f"-interpreter-exec console {quote(line)}", timeout)
+
+    def take(self, wait: float = 0.0) -> Record | None:
+        """The next queued async record, waiting up to ``wait`` seconds for one."""
+        deadline = time.monotonic() + wait
+        while not self.pending:
+            new = self.poll(deadline - time.monotonic())
+            self.pending.extend(new)
+            if not new and time.monotonic() >= deadline:
+                return None
+        return self.pending.popleft()
+
+    def close(self) -> None:
+        """End gdb by its pid (kill: the capture has what it needs; gdb owes nothing)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def quote(text: str) -> str:
+    """An MI c-string argument."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def is_stopped(rec: Record) -> bool:
+    return rec.get("type") == "notify" and rec.get("message") == "stopped"
+
+
+def connection_closed(rec: Record) -> bool:
+    """True for the records gdb gives when the remote closes the socket (QEMU at guest exit:
+    no ``W`` packet, shared reference qemu-reference.md G6)."""
+    return rec.get("type") == "log" and "Remote connection closed" in (rec.get("payload") or "")
