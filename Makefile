@@ -6,6 +6,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 BUILD  := build
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 GUEST_CFLAGS := -m32 -march=i686 -ffreestanding -nostdlib -fno-pic -fno-pie -fno-stack-protector \
 	-fno-asynchronous-unwind-tables -mgeneral-regs-only -fno-builtin -O2 -g -Wall -Wextra \
@@ -13,9 +14,14 @@ GUEST_CFLAGS := -m32 -march=i686 -ffreestanding -nostdlib -fno-pic -fno-pie -fno
 GUEST_SRCS := $(wildcard guest/*.c) $(wildcard guest/*.S)
 GUEST_OBJS := $(patsubst guest/%,$(BUILD)/guest/%.o,$(GUEST_SRCS))
 
-.PHONY: all demo test bench venv rom guest clean lint
+.PHONY: all demo test bench venv rom guest runctl clean lint
 
-all: rom guest
+all: rom guest runctl
+
+runctl: $(BUILD)/vmigdb_runctl.so
+$(BUILD)/vmigdb_runctl.so: stub/runctl.c
+	@mkdir -p $(BUILD)
+	gcc -O2 -shared -fPIC -o $@ $<
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -46,7 +52,12 @@ demo: all
 test: all
 	$(VPY) -m pytest -q
 
-bench: all
+# The bench extra (udbserver, a peer stub) is installed only here: `make test` never needs it.
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+bench: all $(BENCH_STAMP)
 	$(VPY) -m bench
 
 lint: $(STAMP)

@@ -57,9 +57,11 @@ def _bootstrap() -> bool:
             return True
         if version:
             seen.append(f"{env} has {version}")
-    try:
+    try:  # installed in gdb's own Python (a distro package, pip --user)?
         import capstone  # noqa: F401
         import rich  # noqa: F401
+
+        import vmigdb.commands  # noqa: F401
     except ImportError:
         where = "; ".join(seen) if seen else "no .venv or $VIRTUAL_ENV found"
         gdb_py = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -9,7 +9,7 @@ from rich.console import Console, Group
 
 from vmigdb import batches
 from vmigdb.commands.trace import events_or_fail
-from vmigdb.commands.vmi import ArgParser, guarded, parse_number, write
+from vmigdb.commands.vmi import ArgParser, guarded, write
 from vmigdb.errors import VmiError
 from vmigdb.views.batches import render_batch, render_histogram, render_timeline
 
@@ -91,7 +91,7 @@ Example: vmi batch 3"""
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:
         args = self.parser.parse_args(gdb.string_to_argv(arg))
-        n = parse_number(args.n)
+        n = self.parser.number(args.n)
         found = batches.group(events_or_fail())
         b = batches.find(found, n)
         if b is None:

@@ -6,7 +6,7 @@ import gdb
 
 from vmigdb import pagetable
 from vmigdb.commands import target
-from vmigdb.commands.vmi import ArgParser, guarded, parse_number, write
+from vmigdb.commands.vmi import ArgParser, guarded, write
 from vmigdb.errors import VmiError
 from vmigdb.views.pte import render_walk, walk_levels
 
@@ -35,9 +35,9 @@ Example: vmi pte 0xc00c0000        vmi pte $pc        vmi pte 0x3ffc0000 --cr3 0
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:
         args = self.parser.parse_args(gdb.string_to_argv(arg))
-        va = parse_number(args.va) & 0xFFFFFFFF
+        va = self.parser.number(args.va) & 0xFFFFFFFF
         target.require_target()
-        cr3 = parse_number(args.cr3) if args.cr3 else target.register("cr3")
+        cr3 = self.parser.number(args.cr3) if args.cr3 else target.register("cr3")
         if cr3 is None:
             raise VmiError("the target has no cr3 register: give --cr3")
         cr4 = target.register("cr4") or 0

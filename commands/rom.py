@@ -8,7 +8,7 @@ from rich.text import Text
 
 from vmigdb import abi
 from vmigdb.commands import romcode, target
-from vmigdb.commands.vmi import ArgParser, guarded, parse_number, write
+from vmigdb.commands.vmi import ArgParser, guarded, write
 from vmigdb.views.rom import render_rom
 from vmigdb.views.sites import render_locations, render_rom_entries
 
@@ -45,7 +45,7 @@ Example: vmi rom        vmi rom 0xc00c0000        vmi rom vmi.base --insns 8"""
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:
         args = self.parser.parse_args(gdb.string_to_argv(arg))
-        addr = parse_number(args.addr) if args.addr else None
+        addr = self.parser.number(args.addr) if args.addr else None
         target.require_target()
         roms = target.locate_roms(addr)
         rom = roms[0]

@@ -9,7 +9,7 @@ from rich.text import Text
 from vmigdb import decode, sites
 from vmigdb.abi import VmiCall
 from vmigdb.commands import target
-from vmigdb.commands.vmi import ArgParser, guarded, parse_number, write
+from vmigdb.commands.vmi import ArgParser, guarded, write
 from vmigdb.errors import GuestImageError, VmiError
 from vmigdb.views.sites import SiteRow, render_entry, render_site, render_sites
 
@@ -151,7 +151,7 @@ Example: vmi decode 0x100080        vmi decode $pc"""
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:
         args = self.parser.parse_args(gdb.string_to_argv(arg))
-        addr = parse_number(args.addr) & 0xFFFFFFFF
+        addr = self.parser.number(args.addr) & 0xFFFFFFFF
         target.require_target()
         entries, roms, note = rom_entries()
         try:

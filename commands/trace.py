@@ -10,7 +10,7 @@ from rich.text import Text
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall
 from vmigdb.commands import target, tracesource
-from vmigdb.commands.vmi import ArgParser, UsageError, guarded, parse_number, write
+from vmigdb.commands.vmi import ArgParser, guarded, write
 from vmigdb.errors import VmiError
 from vmigdb.views.trace import call_counts, render_trace
 
@@ -22,20 +22,23 @@ def events_or_fail() -> list[tr.Event]:
     if src is None:
         src = tracesource.current()
     events = src.events() if src is not None else []
+    if not events and getattr(src, "closed", False):
+        raise VmiError("no trace events: the connection closed before any were fetched "
+                       "(the stub keeps them; vmi trace fetches them while connected)")
     if not events:
         raise VmiError("no trace events yet: `vmi trace start`, then continue the guest")
     return events
 
 
-def parse_calls(text: str) -> list[VmiCall]:
+def parse_calls(text: str, parser: ArgParser) -> list[VmiCall]:
+    """Call names as abi.py spells them; a wrong one fails with the command's usage."""
     out = []
     for name in text.split(","):
         name = name.strip()
-        try:
-            out.append(VmiCall[name])
-        except KeyError:
-            raise UsageError(f"unknown VMI call {name!r} (names as abi.py spells them, "
-                             "e.g. SetPxE,SetCR3)") from None
+        if name not in VmiCall.__members__:
+            parser.error(f"unknown VMI call {name!r} (names as abi.py spells them, "
+                         "e.g. SetPxE,SetCR3)")
+        out.append(VmiCall[name])
     return out
 
 
@@ -93,8 +96,8 @@ Example: vmi trace start; continue; vmi trace 50 --call SetPxE"""
     def _start(self, argv: list[str]) -> None:
         self.dont_repeat()
         args = self.start_parser.parse_args(argv)
-        rom = parse_number(args.rom) if args.rom else None
-        calls = parse_calls(args.calls) if args.calls else None
+        rom = self.start_parser.number(args.rom) if args.rom else None
+        calls = parse_calls(args.calls, self.start_parser) if args.calls else None
         target.require_target()
         src = tracesource.current(portable=args.portable)
         notes = src.start(rom, calls, not args.no_returns)
@@ -137,8 +140,9 @@ Example: vmi trace start; continue; vmi trace 50 --call SetPxE"""
     def _show(self, argv: list[str]) -> None:
         args = self.show_parser.parse_args(argv)
         if args.call and args.call not in VmiCall.__members__:
-            raise UsageError(f"unknown VMI call {args.call!r}")
-        since = parse_number(args.since) if args.since else None
+            self.show_parser.error(f"unknown VMI call {args.call!r} (one name as abi.py "
+                                   "spells it, e.g. SetPxE)")
+        since = self.show_parser.number(args.since) if args.since else None
         events = events_or_fail()
         symbolize = target.symbolize if _alive() else None
         write(render_trace(events, last=None if args.all else args.n, call=args.call,

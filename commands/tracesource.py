@@ -18,6 +18,7 @@ import gdb
 
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall
+from vmigdb.commands import target
 from vmigdb.commands.portable import PortableTracer
 from vmigdb.errors import VmiError
 
@@ -59,6 +60,18 @@ class StubSource:
 
     def __init__(self) -> None:
         self._events: list[tr.Event] = []
+        #: Set when the connection closes: the events fetched so far stay readable.
+        self.closed = False
+
+    def _alive(self) -> bool:
+        """False once the connection closed; then the cached events are all there is."""
+        if self.closed:
+            return False
+        try:
+            target.require_target()
+        except target.TargetGone:
+            self.closed = True
+        return not self.closed
 
     def start(self, rom_addr: int | None = None, calls: Iterable[VmiCall] | None = None,
               returns: bool = True) -> list[str]:
@@ -71,19 +84,25 @@ class StubSource:
         return [f"the stub records in the machine ({rom}; {st.get('events', 0)} events kept)"]
 
     def stop(self) -> None:
-        _monitor("vmi trace stop")
+        if self._alive():
+            _monitor("vmi trace stop")
 
     def clear(self) -> None:
-        _monitor("vmi trace clear")
+        if self._alive():
+            _monitor("vmi trace clear")
         self._events.clear()
 
     def status(self) -> dict[str, object]:
+        if not self._alive():
+            return {"source": self.kind, "connected": False, "fetched": len(self._events)}
         st = _json_object(_monitor("vmi trace status")) or {}
         if isinstance(st.get("rom_base"), int):
             st["rom_base"] = f"{st['rom_base']:#x}"
         return {"source": self.kind, **st, "fetched": len(self._events)}
 
     def events(self) -> list[tr.Event]:
+        if not self._alive():
+            return self._events
         start = self._events[-1].seq + 1 if self._events else 0
         while True:
             text = _monitor(f"vmi trace dump {start} {DUMP_CHUNK}")
@@ -99,10 +118,14 @@ class StubSource:
 
 
 def is_stub() -> bool:
-    """True when the target answers ``monitor vmi trace status`` with JSON (vmigdb's stub)."""
+    """True when the target answers ``monitor vmi trace status`` with JSON (vmigdb's stub).
+
+    A target without ``monitor`` is not the stub; one that went away while asked is gone
+    (TargetGone), not a reason to fall back to the portable path."""
     try:
         st = _json_object(_monitor("vmi trace status"))
     except gdb.error:
+        target.require_target()
         return False
     return st is not None and "enabled" in st
 
@@ -142,6 +165,8 @@ def _on_connection_removed(event: object) -> None:
     src = _sources.pop(key, None) if key is not None else None
     if isinstance(src, PortableTracer):
         src.stop()
+    elif isinstance(src, StubSource):
+        src.closed = True
 
 
 def connect_events() -> None:

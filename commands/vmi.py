@@ -57,7 +57,23 @@ class DebugParameter(gdb.Parameter):
         return f"vmi debug is {svalue}."
 
 
+class ColorParameter(gdb.Parameter):
+    """Colour in vmi views: auto follows gdb's `set style enabled` on a terminal; on forces
+ANSI colour (a pager or `less -R` that shows it); off never. NO_COLOR in the environment wins."""
+
+    set_doc = "Set when vmi views use colour (auto, on, off)."
+    show_doc = "Show when vmi views use colour."
+
+    def __init__(self) -> None:
+        super().__init__("vmi color", gdb.COMMAND_DATA, gdb.PARAM_ENUM, ["auto", "on", "off"])
+        self.value = "auto"
+
+    def get_show_string(self, svalue: str) -> str:
+        return f"vmi color is {svalue}."
+
+
 _debug: DebugParameter | None = None
+_color: ColorParameter | None = None
 
 
 class UsageError(VmiError):
@@ -73,6 +89,14 @@ class ArgParser(argparse.ArgumentParser):
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         raise UsageError(message or self.format_usage().strip())
 
+    def number(self, text: str) -> int:
+        """``parse_number``, failing with this command's usage when ``text`` does not evaluate."""
+        try:
+            return parse_number(text)
+        except UsageError as e:
+            self.error(str(e))
+            raise  # not reached: error() raises
+
 
 def parse_number(text: str) -> int:
     """A number or expression evaluated by gdb (``$esp+4``, ``&pgdir``, ``0xc0000``)."""
@@ -80,6 +104,11 @@ def parse_number(text: str) -> int:
         return int(gdb.parse_and_eval(text)) & 0xFFFFFFFFFFFFFFFF
     except gdb.error as e:
         raise UsageError(f"cannot evaluate {text!r}: {e}") from None
+
+
+#: gdb's words for a target that went away under a command.
+_GONE = ("Remote connection closed", "Remote communication error", "Target disconnected",
+         "not being run", "No registers")
 
 
 def guarded(fn: Callable[..., None]) -> Callable[..., None]:
@@ -97,7 +126,7 @@ def guarded(fn: Callable[..., None]) -> Callable[..., None]:
             raise gdb.GdbError(str(e)) from None
         except gdb.error as e:
             msg = str(e)
-            if "Remote connection closed" in msg or "not being run" in msg or "No registers" in msg:
+            if any(m in msg for m in _GONE):
                 raise gdb.GdbError(f"vmi: the target is gone ({msg})") from None
             raise gdb.GdbError(msg) from None
         except Exception as e:  # noqa: BLE001 - the edge: one line unless debugging
@@ -108,13 +137,18 @@ def guarded(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _style_enabled() -> bool:
+def use_color() -> bool:
+    """NO_COLOR wins; then ``set vmi color``; auto = gdb styles and writes to a terminal."""
     if os.environ.get("NO_COLOR"):
         return False
+    mode = _color.value if _color is not None else "auto"
+    if mode != "auto":
+        return mode == "on"
     try:
-        return bool(gdb.parameter("style enabled"))
+        styled = bool(gdb.parameter("style enabled"))
     except gdb.error:
-        return False
+        styled = False
+    return styled and _is_tty()
 
 
 def _width() -> int:
@@ -126,9 +160,8 @@ def _width() -> int:
 
 
 def write(renderable: Any) -> None:
-    """One gdb.write per view, coloured when gdb styles and is on a terminal, gdb's width."""
-    color = _style_enabled() and gdb.parameter("pagination") is not None and _is_tty()
-    gdb.write(render_text(renderable, width=_width(), color=color))
+    """One gdb.write per view, coloured as ``use_color`` says, at gdb's width."""
+    gdb.write(render_text(renderable, width=_width(), color=use_color()))
 
 
 def _is_tty() -> bool:
@@ -140,14 +173,16 @@ def _is_tty() -> bool:
 
 def register() -> None:
     """Create the prefix, the settings and every subcommand."""
-    global _debug
+    global _debug, _color
     VmiPrefix()
     VmiSetPrefix()
     VmiShowPrefix()
     _debug = DebugParameter()
-    from vmigdb.commands import batches, pte, rom, sites, trace, tracesource
+    _color = ColorParameter()
+    from vmigdb.commands import batches, mi, pte, rom, sites, trace, tracesource
 
     for command in (rom.VmiRom, sites.VmiSites, sites.VmiDecode, trace.VmiTrace,
                     batches.VmiBatches, batches.VmiBatch, pte.VmiPte):
         command()
     tracesource.connect_events()
+    mi.register()

@@ -1,6 +1,7 @@
 /*
  * Multiboot command line: words separated by spaces, the first being the kernel path. Known
- * words: rom=copy|inplace, stress=N, sysexit=0|1, rdpmc=1, fault=pf. Unknown words are ignored, like Linux does.
+ * words: rom=copy|inplace, stress=N, sysexit=0|1, rdpmc=1, fault=pf, spin=N. Unknown words are
+ * ignored, like Linux does.
  */
 #include "kernel.h"
 
@@ -44,5 +45,7 @@ void parse_cmdline(const char *cmdline)
             opt.rdpmc = 1;
         else if (word_is(w, len, "fault=pf"))
             opt.fault_pf = 1;
+        else if (len > 5 && memcmp(w, "spin=", 5) == 0)
+            opt.spin = parse_u32(w + 5, len - 5);
     }
 }

@@ -60,6 +60,7 @@ struct options {
     int sysexit;        /* sysexit=0 skips the ring-3 round trip (default on) */
     int rdpmc;          /* rdpmc=1 also calls RDPMC (QEMU TCG raises #UD: exits 0x46) */
     int fault_pf;       /* fault=pf reads unmapped page 0 after the call tests (exits 0x4e) */
+    u32 spin;           /* spin=N: N iterations of bench_spin's loop at kmain start (default 0) */
 };
 extern struct options opt;
 void parse_cmdline(const char *cmdline);

@@ -6,7 +6,8 @@
  *
  * Command line (multiboot, after the kernel path): rom=copy (default) | rom=inplace,
  * stress=N (page-table workload N times, default 1), sysexit=0 (skip the ring-3 round trip),
- * rdpmc=1 (also call RDPMC, which faults under TCG), fault=pf (end with a deliberate #PF).
+ * rdpmc=1 (also call RDPMC, which faults under TCG), fault=pf (end with a deliberate #PF),
+ * spin=N (benchmark loop at kmain start: see bench_spin; prints "spin: N" first).
  *
  * The last lines, identical on every machine for the same command line:
  *   calls: <VMI call>=<count> ...   every call that reached the ROM, by name
@@ -47,6 +48,27 @@ void kmain(u32 magic, const struct multiboot_info *mbi);
 
 static char cmdline[256];
 
+/*
+ * Benchmark loop for `make bench` (bench/stubs.py): n iterations of exactly 2 instructions,
+ * `dec %eax; jne bench_spin_loop` (gcc 12 -O2; checked with objdump -d build/guest.elf), so a
+ * breakpoint on bench_spin_done is 2*n instructions (plus a handful) away, and one on
+ * bench_spin_loop is hit every iteration. ALU only, no stores: Unicorn runs it at full speed,
+ * so the benchmark measures the stub, not the store slow path. noinline keeps both symbols real
+ * for gdb. bench_spin_done has a page of its own: QEMU runs code that shares a page with a gdb
+ * breakpoint one instruction per TB (about 40x slower for this loop, measured), which would
+ * measure that rather than a continue.
+ */
+__attribute__((noinline)) void bench_spin(u32 n)
+{
+    for (u32 i = n; i; i--)
+        asm volatile(".globl bench_spin_loop\nbench_spin_loop:");
+}
+
+__attribute__((noinline, aligned(4096))) void bench_spin_done(void)
+{
+    asm volatile("");
+}
+
 static void print_call_counts(void)
 {
     kputs("calls:");
@@ -73,6 +95,11 @@ void kmain(u32 magic, const struct multiboot_info *mbi)
     kprintf("cmdline: %s\n", cmdline);
     kprintf("options: rom=%s stress=%u sysexit=%u rdpmc=%u\n",
             opt.rom_copy ? "copy" : "inplace", opt.stress, opt.sysexit, opt.rdpmc);
+    if (opt.spin) {
+        kprintf("spin: %u\n", opt.spin);
+        bench_spin(opt.spin);
+        bench_spin_done();
+    }
     CHECK(mbi->flags & MBI_FLAG_MEM, EXIT_NO_MEMORY, "no memory information from the loader");
 
     kprintf("multiboot: mem_lower=%u KiB mem_upper=%u KiB\n", mbi->mem_lower, mbi->mem_upper);

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import enum
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,6 +313,11 @@ class Machine:
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        # Ctrl-C stops at the next block boundary through a C block hook (see stub/runctl.c).
+        self._runctl_lib = uc_ctypes.runctl_library()
+        self._runctl = uc_ctypes.RunControl()
+        self._runctl_seen = 0  # runctl.stopped when the last interrupt was reported
+        uc_ctypes.add_runctl_hook(uc, self._runctl_lib, self._runctl)
         self.reset()
 
     def _init_state(self) -> None:
@@ -601,7 +605,13 @@ class Machine:
             self._step_mode = True
         pc = self.reg_read("eip")
         self._stepping = True
+        pending, self._runctl.stop = self._runctl.stop, 0  # a step always makes its step
+        stopped = self._runctl.stopped
         err = self._emulate(pc, count=1)
+        if self._runctl.stopped != stopped:  # a Ctrl-C landed inside the step: step again
+            pending = 1
+            err = self._emulate(pc, count=1)
+        self._runctl.stop = pending or self._runctl.stop
         self._stepping = False
         stop = self._classify(err, stepping=True)
         self._run_services()
@@ -646,6 +656,7 @@ class Machine:
         with self._lock:
             if self._interrupt_req:
                 self._interrupt_req = False
+                self._runctl.stop = 0
                 return Stop(StopReason.INTERRUPTED, self.reg_read("eip"),
                             message="interrupted")
             self._running = True
@@ -675,18 +686,11 @@ class Machine:
     def interrupt(self) -> None:
         """Thread-safe: make a running ``run`` return StopReason.INTERRUPTED soon. Called while
         no run is active, it makes the next ``run`` return INTERRUPTED at once."""
+        # Not uc_emu_stop() from this thread: that can leave the guest PC stale (runctl.c says
+        # why). The C block hook stops the run itself at the next block boundary.
         with self._lock:
             self._interrupt_req = True
-        # emu_stop before Unicorn has entered emu_start is forgotten (emu_start clears the
-        # request), so repeat it until the run has returned: a few milliseconds at most.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._running:
-                    return
-                self.uc.emu_stop()
-            if self._stopped.wait(0.002):
-                return
+            self._runctl.stop = 1
 
     def _emulate(self, pc: int, count: int) -> UcError | None:
         self._stop = None
@@ -709,12 +713,15 @@ class Machine:
             if reason is StopReason.INTERRUPTED:
                 with self._lock:
                     self._interrupt_req = False
+                    self._runctl.stop = 0
             if stepping and reason in (StopReason.BREAKPOINT, StopReason.HOOK):
                 reason = StopReason.STEP  # the step completed; hooks at the new pc already ran
             return Stop(reason, self.reg_read("eip") if pc is None else pc, **extra)
-        if self._interrupt_req and not stepping:
-            with self._lock:
+        if (self._interrupt_req or self._runctl.stopped != self._runctl_seen) and not stepping:
+            with self._lock:  # one stop answers every request made until now
                 self._interrupt_req = False
+                self._runctl.stop = 0
+            self._runctl_seen = self._runctl.stopped
             return Stop(StopReason.INTERRUPTED, self.reg_read("eip"), message="interrupted")
         if err is not None:
             eip = self.reg_read("eip")

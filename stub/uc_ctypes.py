@@ -218,3 +218,42 @@ def batch_reader(uc: Uc, regids: tuple[int, ...]):
         return [v & 0xFFFFFFFF for v in vals]
 
     return reader
+
+
+class RunControl(ctypes.Structure):
+    """Mirror of ``struct vmigdb_runctl`` in stub/runctl.c."""
+
+    _fields_ = (("stop", ctypes.c_int32), ("stopped", ctypes.c_int32),
+                ("emu_stop", ctypes.c_void_p))
+
+
+def runctl_library() -> ctypes.CDLL:
+    """The C block hook, built from stub/runctl.c into build/ (by make, or here on first use)."""
+    import subprocess
+    from pathlib import Path
+
+    src = Path(__file__).with_name("runctl.c")
+    out = Path(__file__).resolve().parent.parent / "build" / "vmigdb_runctl.so"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out), str(src)],
+                           check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            raise VmiError(f"cannot build {out.name} with gcc: {detail.strip()}") from None
+    return ctypes.CDLL(str(out))
+
+
+def add_runctl_hook(uc: Uc, lib: ctypes.CDLL, rc: RunControl) -> int:
+    """Install the C block hook over all code; returns the hook handle."""
+    from unicorn import UC_HOOK_BLOCK
+
+    rc.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+    handle = ctypes.c_size_t()
+    fn = ctypes.cast(lib.vmigdb_block_hook, ctypes.c_void_p)
+    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, fn,
+                            ctypes.cast(ctypes.pointer(rc), ctypes.c_void_p), 1, 0)
+    if err != 0:
+        raise VmiError(f"cannot install the run-control hook (unicorn error {err})")
+    return handle.value

@@ -9,7 +9,9 @@ connection when the guest writes isa-debug-exit.
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,9 +30,12 @@ WIDTH = 250
 
 
 def gdb_session(built: Built, port: int | None, steps: list[tuple[str, str]],
-                timeout: float = 180) -> dict[str, str]:
+                timeout: float = 180, env: dict[str, str | None] | None = None,
+                tracebacks: bool = False) -> dict[str, str]:
     """Run gdb with vmigdb.py on the guest, connected to ``port``; returns each step's output
-    by name (``steps`` = (name, command)). Fails on any Python traceback."""
+    by name (``steps`` = (name, command)). ``env`` changes the environment (None removes a
+    variable; NO_COLOR=1 is the default). Fails on any Python traceback unless ``tracebacks``
+    (a session with ``set vmi debug on``)."""
     argv = [GDB, "-nx", "-batch", "-x", str(built.repo / "vmigdb.py"),
             "-ex", f"set width {WIDTH}", "-ex", "set confirm off", "-ex", f"file {built.guest}"]
     if port is not None:
@@ -38,11 +43,17 @@ def gdb_session(built: Built, port: int | None, steps: list[tuple[str, str]],
     for name, command in steps:
         argv += ["-ex", f"echo \\n@@{name}@@\\n", "-ex", command]
     argv += ["-ex", "echo \\n@@end@@\\n"]
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(WIDTH)}
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+    environ = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(WIDTH)}
+    for k, v in (env or {}).items():
+        if v is None:
+            environ.pop(k, None)
+        else:
+            environ[k] = v
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=environ,
                        check=False)
     out = r.stdout + r.stderr
-    assert "Traceback" not in out and "Python Exception" not in out, out[-5000:]
+    if not tracebacks:
+        assert "Traceback" not in out and "Python Exception" not in out, out[-5000:]
     # stderr (error lines) is not interleaved with stdout: attribute it by running order.
     parts = re.split(r"^@@(\w+)@@$", r.stdout, flags=re.MULTILINE)
     sections = {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
@@ -133,7 +144,7 @@ def test_rom_sites_decode_pte_and_usage(built: Built, qemu_copy: Target) -> None
     errors = error_lines(s)
     assert "usage: vmi pte [--cr3 CR3] [--pae | --no-pae] va" in errors
     assert any(e.startswith("usage: vmi rom") for e in errors)
-    assert "unknown VMI call 'Nope'" in errors
+    assert any(e.startswith("vmi trace: unknown VMI call 'Nope'") for e in errors), errors
     assert any(e.startswith("usage: vmi batches") for e in errors)
 
 
@@ -352,3 +363,211 @@ def test_fast_path_batches_over_a_whole_run(built: Built, tmp_path: Path) -> Non
     assert "the stub records in the machine" in s["start"]
     assert f"batches={flushes} deferred updates={deferred}" in s["batches"]
     assert f", {calls} ROM calls" in s["trace"] and "mode=0x0 (OFF)" in s["trace"]
+
+
+# --- output: colour, width, one write per view --------------------------------------------------
+
+SCRIPTS = Path(__file__).parent / "gdbscripts"
+ANSI = "\x1b["
+
+
+@pytest.fixture
+def stub_copy(built: Built, tmp_path: Path) -> Iterator[Target]:
+    t = start_stub(built.guest, built.rom, "rom=copy", tmp_path)
+    yield t
+    t.stop()
+
+
+def _views(built: Built, t: Target, env: dict[str, str | None],
+           steps: list[tuple[str, str]]) -> dict[str, str]:
+    return gdb_session(built, t.port, [("brk", "break test_cpuid"), ("run", "continue"),
+                                       *steps], env=env)
+
+
+def test_colour_follows_the_settings_and_no_color(built: Built, tmp_path: Path) -> None:
+    """-batch is plain (gdb's style is off); auto stays plain on a pipe even with style on;
+    ``set vmi color on`` forces ANSI colour; NO_COLOR wins over it; off is plain."""
+    steps = [("batch", "vmi sites"),
+             ("style_on", "set style enabled on"), ("auto_pipe", "vmi sites"),
+             ("on", "set vmi color on"), ("forced", "vmi sites"), ("show", "show vmi color"),
+             ("off", "set vmi color off"), ("plain", "vmi sites"),
+             ("bad", "set vmi color sometimes")]
+    results = {}
+    for no_color in (None, "1"):
+        d = tmp_path / f"nc{no_color}"
+        d.mkdir()
+        t = start_stub(built.guest, built.rom, "rom=copy", d)
+        try:
+            results[no_color] = _views(built, t, {"NO_COLOR": no_color}, steps)
+        finally:
+            t.stop()
+    free, no_color = results[None], results["1"]
+    for s in (free, no_color):
+        assert "38 patch sites" in s["batch"] and ANSI not in s["batch"]
+        assert "38 patch sites" in s["auto_pipe"] and ANSI not in s["auto_pipe"]
+        assert "vmi color is on." in s["show"]
+        assert ANSI not in s["plain"] and "38 patch sites" in s["plain"]
+        assert 'Undefined item: "sometimes".' in error_lines(s)
+    assert ANSI in free["forced"] and "38 patch sites" in free["forced"]
+    assert ANSI not in no_color["forced"] and "38 patch sites" in no_color["forced"]
+
+
+def _gdb_on_a_terminal(built: Built, port: int, commands: list[str]) -> str:
+    """Run gdb (not -batch) with a pseudo-terminal as its terminal, so gdb styles its output
+    as it would for a user; returns everything it wrote."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["TERM"] = "xterm"
+    argv = [GDB, "-nx", "-q", "-x", str(built.repo / "vmigdb.py"), "-ex", "set height 0",
+            "-ex", "set width 200", "-ex", "set confirm off", "-ex", f"file {built.guest}",
+            "-ex", f"target remote 127.0.0.1:{port}"]
+    for c in commands:
+        argv += ["-ex", c]
+    argv += ["-ex", "detach", "-ex", "quit"]
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the terminal closed: gdb is gone
+                    break
+                if not data:
+                    break
+                out += data
+            elif proc.poll() is not None:
+                break
+        else:
+            raise AssertionError(f"gdb still running: {out[-2000:]!r}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        os.close(master)
+    return out.decode(errors="replace").replace("\r", "")
+
+
+def test_colour_auto_follows_gdb_style_on_a_terminal(built: Built, stub_copy: Target) -> None:
+    text = _gdb_on_a_terminal(built, stub_copy.port, [
+        "echo @@styled\\n", "vmi rom", "set style enabled off", "echo @@plain\\n", "vmi rom",
+        "echo @@end\\n"])
+    assert "Traceback" not in text
+    styled = text.split("@@styled\n")[1].split("@@plain\n")[0]
+    plain = text.split("@@plain\n")[1].split("@@end\n")[0]
+    sgr = re.compile(r"\x1b\[[0-9;]*m")
+    assert "'cVmi' (VMI)" in sgr.sub("", styled) and "'cVmi' (VMI)" in plain
+    assert len(sgr.findall(styled)) > 10, styled[:2000]
+    assert not sgr.findall(plain), plain[:2000]
+
+
+def test_width_follows_gdb_and_each_view_is_one_write(built: Built, stub_copy: Target) -> None:
+    s = _views(built, stub_copy, {}, [
+        ("wide", "vmi sites"),
+        ("w60", "set width 60"),
+        ("sites60", "vmi sites"), ("rom60", "vmi rom"), ("pte60", "vmi pte $pc"),
+        ("w80", "set width 80"),
+        ("count", f"source {SCRIPTS / 'count_writes.py'}"),
+        ("rom_writes", "python count_writes('vmi rom')"),
+        ("sites_writes", "python count_writes('vmi sites')"),
+        ("pte_writes", "python count_writes('vmi pte $pc')"),
+    ])
+    assert max(len(ln) for ln in s["wide"].splitlines()) > 60  # (so 60 is a real limit)
+    for name in ("sites60", "rom60", "pte60"):
+        lines = s[name].splitlines()
+        assert len(lines) > 5 and max(len(ln) for ln in lines) <= 60, (name, s[name])
+    assert "38 patch sites" in s["sites60"] and "VMI ROM" in s["rom60"]
+    assert "@@writes vmi rom 1" in s["rom_writes"] and "'cVmi' (VMI)" in s["rom_writes"]
+    assert "@@writes vmi sites 1" in s["sites_writes"]
+    assert "@@writes vmi pte $pc 1" in s["pte_writes"]
+    for name in ("rom_writes", "sites_writes"):
+        assert max(len(ln) for ln in s[name].splitlines()) <= 80
+
+
+# --- wrong arguments, a lost connection, tracebacks --------------------------------------------
+
+#: (command, the start of its usage line): every command shows its usage for wrong arguments.
+BAD_ARGUMENTS = [
+    ("vmi trace --call NOSUCH", "usage: vmi trace "),
+    ("vmi trace start --calls SetPxE,NOSUCH", "usage: vmi trace start "),
+    ("vmi trace start --bogus", "usage: vmi trace start "),
+    ("vmi trace save", "usage: vmi trace save "),
+    ("vmi trace stop now", "usage: vmi trace stop|clear|status"),
+    ("vmi trace many", "usage: vmi trace "),
+    ("vmi batch x", "usage: vmi batch "),
+    ("vmi batch", "usage: vmi batch "),
+    ("vmi batches --svg", "usage: vmi batches "),
+    ("vmi pte", "usage: vmi pte "),
+    ("vmi pte 0x1000 --cr3 nosuchsymbol", "usage: vmi pte "),
+    ("vmi decode", "usage: vmi decode "),
+    ("vmi decode nosuchsymbol", "usage: vmi decode "),
+    ("vmi rom junk", "usage: vmi rom "),
+    ("vmi rom --insns x", "usage: vmi rom "),
+    ("vmi sites --bogus", "usage: vmi sites "),
+]
+
+
+def test_wrong_arguments_print_the_usage_of_every_command(built: Built,
+                                                           stub_copy: Target) -> None:
+    s = _views(built, stub_copy, {}, [(f"bad{i}", cmd) for i, (cmd, _) in
+                                      enumerate(BAD_ARGUMENTS)])
+    errors = error_lines(s)
+    usages = [e for e in errors if e.startswith("usage: ")]
+    assert len(usages) == len(BAD_ARGUMENTS), errors
+    for (cmd, usage), line in zip(BAD_ARGUMENTS, usages, strict=True):
+        assert line.startswith(usage), (cmd, line)
+        # The line after the usage says what was wrong, named by the command.
+        why = errors[errors.index(line) + 1]
+        assert why.startswith(usage[len("usage: "):].split(" [")[0].split("|")[0].strip()), \
+            (cmd, why)
+    # Every error line is a usage or its reason: nothing else went wrong.
+    assert len(errors) == 2 * len(BAD_ARGUMENTS), errors
+    assert any("unknown VMI call 'NOSUCH'" in e for e in errors)
+    assert any("cannot evaluate 'x'" in e for e in errors)
+
+
+def test_a_lost_connection_gives_one_line(built: Built, stub_copy: Target) -> None:
+    s = gdb_session(built, stub_copy.port, [
+        ("start", "vmi trace start"), ("brk", "break test_cpuid"), ("run", "continue"),
+        ("before", "vmi trace 2"),
+        ("pid", f"set $target_pid = {stub_copy.proc.pid}"),
+        ("kill", f"source {SCRIPTS / 'kill_target.py'}"),
+        ("lost", "vmi trace"),
+        ("kept", "vmi trace 3"),
+        ("rom", "vmi rom"),
+    ])
+    assert "VMI trace: 2 of" in s["before"]
+    errors = error_lines(s)
+    assert len(errors) == 2, errors
+    # gdb words it by how it noticed: a reset on sending, or end of file on reading.
+    assert re.match(r"vmi: the target is gone \((Remote communication error|Remote connection "
+                    r"closed)", errors[0]), errors
+    assert errors[1].startswith("vmi: no live target"), errors
+    # The events fetched before the connection went stay readable.
+    assert "VMI trace: 3 of" in s["kept"]
+
+
+def test_a_lost_connection_before_any_trace_gives_one_line(built: Built,
+                                                           stub_copy: Target) -> None:
+    s = _views(built, stub_copy, {}, [
+        ("pid", f"set $target_pid = {stub_copy.proc.pid}"),
+        ("kill", f"source {SCRIPTS / 'kill_target.py'}"),
+        ("lost", "vmi trace"),
+        ("status", "vmi trace status"),
+    ])
+    errors = error_lines(s)
+    assert len(errors) == 1 and errors[0].startswith("vmi: "), errors
+    assert "gone" in errors[0] or "no live target" in errors[0]
+
+
+def test_tracebacks_only_with_vmi_debug(built: Built) -> None:
+    quiet = gdb_session(built, None, [("rom", "vmi rom"), ("bad", "vmi pte")])
+    assert "Traceback" not in quiet["_all"]
+    loud = gdb_session(built, None, [("debug", "set vmi debug on"), ("rom", "vmi rom")],
+                       tracebacks=True)
+    assert "Traceback (most recent call last)" in loud["_stderr"]
+    assert "TargetGone" in loud["_stderr"]
+    assert any(e.startswith("vmi: no live target") for e in error_lines(loud))

@@ -23,7 +23,7 @@ import pytest
 
 from vmigdb.stub import rsp, target
 from vmigdb.stub.machine import Machine, MemoryFault, Stop, StopReason
-from vmigdb.stub.server import Server
+from vmigdb.stub.server import THREADS_XML, Server
 
 MEM_SIZE = 0x100000
 ROM_BASE, ROM_SIZE = 0xC0000, 0x8000
@@ -289,11 +289,13 @@ def test_qsupported_advertises_only_what_is_implemented(gdb: Client) -> None:
     feats = dict(f.partition(b"=")[::2] for f in reply.split(b";"))
     assert int(feats[b"PacketSize"], 16) >= 0x4000
     assert set(feats) == {b"PacketSize", b"QStartNoAckMode+", b"swbreak+", b"hwbreak+",
-                          b"qXfer:features:read+", b"qXfer:memory-map:read+", b"vContSupported+"}
+                          b"qXfer:features:read+", b"qXfer:memory-map:read+",
+                          b"qXfer:threads:read+", b"vContSupported+"}
     assert gdb.ask(b"vMustReplyEmpty") == b""
     assert gdb.ask(b"vCont?") == b"vCont;c;C;s;S"
     assert gdb.ask(b"Hg0") == b"OK" and gdb.ask(b"Hc-1") == b"OK"
     assert gdb.ask(b"qfThreadInfo") == b"m1" and gdb.ask(b"qsThreadInfo") == b"l"
+    assert gdb.ask(b"qXfer:threads:read::0,fff") == b"l" + THREADS_XML
     assert gdb.ask(b"qAttached") == b"1" and gdb.ask(b"T1") == b"OK"
     assert gdb.ask(b"qTStatus") == b"" and gdb.ask(b"qOffsets") == b""
 
