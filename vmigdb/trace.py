@@ -11,9 +11,10 @@ is the full description.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, ClassVar, TextIO
 
@@ -33,24 +34,34 @@ class Event:
     seq: int
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Shallow on purpose: the values are ints, strs and flat dicts/lists that json.dumps
+        # reads as they are; dataclasses.asdict would deep-copy each of them.
+        d = {f.name: getattr(self, f.name) for f in _schema(type(self))[0]}
         d["type"] = self.TYPE
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Event:
-        names = {f.name for f in fields(cls)}
-        required = {f.name for f in fields(cls)
-                    if f.default is MISSING and f.default_factory is MISSING}
+        all_fields, names, required = _schema(cls)
         missing = required - d.keys()
         if missing:
             raise ValueError(f"{cls.TYPE} event lacks {', '.join(sorted(missing))}")
         kwargs = {k: v for k, v in d.items() if k in names}
-        for f in fields(cls):
+        for f in all_fields:
             if f.name in kwargs and not _fits(f, kwargs[f.name]):
                 raise ValueError(f"{cls.TYPE} event: field {f.name!r} has a wrong type "
                                  f"({type(kwargs[f.name]).__name__})")
         return cls(**kwargs)
+
+
+@functools.cache
+def _schema(cls: type[Event]) -> tuple[tuple[Field[Any], ...], frozenset[str], frozenset[str]]:
+    """Each event class's fields, names and required names, computed once: reading a trace of
+    100k events must not call dataclasses.fields 100k times."""
+    fs = fields(cls)
+    return (fs, frozenset(f.name for f in fs),
+            frozenset(f.name for f in fs
+                      if f.default is MISSING and f.default_factory is MISSING))
 
 
 def _is_int(v: Any) -> bool:
