@@ -62,7 +62,7 @@ WATCH_KINDS = {2: "watch", 3: "rwatch", 4: "awatch"}
 #: An ``m`` longer than this is answered short (gdb reads the rest with another packet).
 MAX_READ = (rsp.PACKET_SIZE - 16) // 2
 REFUSAL = b"E.vmigdb: another gdb is already connected to this stub"
-_O_CHUNK = 1024  # console text characters per O packet
+_O_CHUNK = 4096  # console text characters per O packet (hex doubles them; PacketSize allows)
 
 _IDLE, _PENDING, _RUNNING = 0, 1, 2
 
