@@ -61,10 +61,11 @@ SIGNAL_BY_VECTOR = {0: SIGFPE, 1: SIGTRAP, 3: SIGTRAP, 4: SIGSEGV, 5: SIGSEGV, 6
 WATCH_KINDS = {2: "watch", 3: "rwatch", 4: "awatch"}
 #: An ``m`` longer than this is answered short (gdb reads the rest with another packet).
 MAX_READ = (rsp.PACKET_SIZE - 16) // 2
+#: Longest watchpoint accepted: the machine hooks every page of the range at insert time, so a
+#: garbage length (2**64) would keep the stub busy forever. gdb then reports it cannot insert it.
+MAX_WATCH_LEN = 1 << 20
 REFUSAL = b"E.vmigdb: another gdb is already connected to this stub"
 _O_CHUNK = 4096  # console text characters per O packet (hex doubles them; PacketSize allows)
-
-_IDLE, _PENDING, _RUNNING = 0, 1, 2
 
 MEMORY_MAP_HEAD = (
     '<?xml version="1.0"?>\n<!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD GDB Memory Map '
@@ -247,8 +248,11 @@ class _Session:
         self._last = b""  # last framed reply, for "-" resends
         self._send_lock = threading.Lock()
         self._packets: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        # Ctrl-C bookkeeping: a 0x03 stops the run in progress, or else the next continue among
+        # the resume packets read but not yet started (gdb may send one before the run begins).
         self._run_lock = threading.Lock()
-        self._run_state = _IDLE
+        self._running = False  # machine.run() is (about to be) in progress
+        self._queued_resumes = 0  # resume packets read, not yet handled
         self._interrupt_pending = False
         self._closing = False
         self._console: list[str] = []
@@ -309,8 +313,7 @@ class _Session:
                     if ev is rsp.Event.PACKET:
                         if _is_resume(payload):
                             with self._run_lock:
-                                self._run_state = _PENDING
-                                self._interrupt_pending = False
+                                self._queued_resumes += 1
                         self._packets.put(payload)
                     elif ev is rsp.Event.INTERRUPT:
                         self._interrupt()
@@ -328,9 +331,9 @@ class _Session:
 
     def _interrupt(self) -> None:
         with self._run_lock:
-            if self._run_state == _RUNNING:
+            if self._running:
                 self.machine.interrupt()
-            elif self._run_state == _PENDING:
+            elif self._queued_resumes:
                 self._interrupt_pending = True
             # idle: gdb's Ctrl-C while stopped is ignored, as the protocol says
 
@@ -363,6 +366,10 @@ class _Session:
     def _handle(self, payload: bytes) -> None:
         self._ack = b"" if self.no_ack else b"+"
         self._console = []
+        resume = _is_resume(payload)
+        if resume:
+            with self._run_lock:
+                self._queued_resumes -= 1
         try:
             handler, args = self._lookup(payload)
             reply: bytes | None = b"" if handler is None else handler(args)
@@ -373,6 +380,10 @@ class _Session:
         except Exception:  # noqa: BLE001 - a bug must cost one packet, not the session
             self.server.log(f"error handling {payload[:40]!r}:\n{traceback.format_exc()}")
             reply = b"E03"
+        if resume:
+            with self._run_lock:
+                if not self._queued_resumes:
+                    self._interrupt_pending = False  # no run left for a late Ctrl-C to stop
         if reply is None:
             self._flush_ack()
             return
@@ -566,6 +577,8 @@ class _Session:
             types.add(ztype)
             return b"OK"
         if ztype in WATCH_KINDS:
+            if not 0 < length <= MAX_WATCH_LEN or addr + length > 1 << 32:
+                raise rsp.RspError(f"watchpoint length {length:#x} at {addr:#x}")
             wp = (addr, length, WATCH_KINDS[ztype])
             if wp not in self._wps:
                 self.machine.add_watchpoint(*wp)
@@ -632,10 +645,12 @@ class _Session:
         self._flush_ack()
         stop: Stop | None = None
         with self._run_lock:
-            if action == "c" and self._interrupt_pending:
-                stop = Stop(StopReason.INTERRUPTED, 0)
-            self._run_state = _RUNNING if action == "c" else _IDLE
-            self._interrupt_pending = False
+            if action == "c":
+                if self._interrupt_pending:
+                    stop = Stop(StopReason.INTERRUPTED, 0)
+                    self._interrupt_pending = False
+                else:
+                    self._running = True
         try:
             if stop is None:
                 stop = self.machine.run() if action == "c" else self.machine.step()
@@ -645,8 +660,7 @@ class _Session:
             return self._stop_signal(SIGABRT)
         finally:
             with self._run_lock:
-                self._run_state = _IDLE
-                self._interrupt_pending = False
+                self._running = False
         return self._stop_reply(stop)
 
     def _stop_signal(self, signal: int, reason: str = "", addr: int | None = None) -> bytes:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Built
-from gdbmi import Gdb, frame_line, mi_quote
+from gdbmi import Gdb, GdbMiError, frame_line, mi_quote
 from targets import Target, start_stub
 
-from vmigdb import abi
+from vmigdb import abi, rominfo
 from vmigdb import trace as tr
 
 PARA_RECORD = struct.Struct("<IBBH")  # Linux's paravirt_patch_site: addr, type, len, clobbers
@@ -175,6 +175,8 @@ def test_step_into_patched_site_through_rom_and_back(built: Built, session) -> N
     assert m, serial_text(t)
     rom_size, rom_base = int(m[1]), int(m[3], 16)
     assert rom_base <= rom_entry < rom_base + rom_size
+    call = abi.VmiCall(call_type)  # the record's type is the VMI call number
+    assert rominfo.parse_rom(built.rom.read_bytes()).call_table[call] == rom_entry - rom_base, call
     rom_info = json.loads(g.console("monitor vmi rom").text)
     assert rom_info["base"] == rom_base
 
@@ -193,9 +195,9 @@ def test_step_into_patched_site_through_rom_and_back(built: Built, session) -> N
         steps += 1
         assert steps < 200, "never returned from the ROM"
     assert g.value("$esp") == esp0
-    assert g.value("$cs") == 0x08 or g.value("$cs") & 3 == 0  # still ring 0
-    if call_type == abi.VmiCall.DisableInterrupts:
-        assert not g.value("$eflags") & 0x200, "cli site left IF set"
+    assert g.value("$cs") & 3 == 0  # still ring 0
+    if call is abi.VmiCall.DisableInterrupts:
+        assert not g.value("$eflags") & 0x200, "the cli site left IF set"
     # The guest still runs correctly after the stepping: on to its next check.
     line = source_line(built, "guest/kmain.c", "test_control_registers();")
     g.ok(f"-break-insert guest/kmain.c:{line}")
@@ -303,27 +305,50 @@ def test_watchpoint_on_pte(built: Built, session) -> None:
     assert g.value(f"*(unsigned int *){ptep:#x}") == pte  # the store is visible at the stop
 
 
+def _still_running(g: Gdb, seconds: float) -> None:
+    """Poll for ``seconds``: no ``*stopped`` may arrive (the guest is running its loop)."""
+    try:
+        stopped = g.wait_stopped(timeout=seconds)
+    except GdbMiError:
+        return
+    raise AssertionError(f"the guest stopped on its own: {stopped}")
+
+
 def test_ctrl_c_in_a_long_loop(built: Built, stubs, gdbs) -> None:
+    """Interrupt, resume, interrupt again: each stop is SIGINT at a sane pc, and the guest's own
+    checks still pass afterwards (an inexact stop corrupts it: Unicorn's cross-thread
+    emu_stop used to leave a stale EIP, and resuming re-ran code)."""
     t = stubs("rom=copy stress=100000")
+    latencies: dict[str, list[float]] = {}
     for use_signal in (True, False):  # SIGINT to gdb (sync MI), then -exec-interrupt (async)
+        how = "SIGINT to gdb" if use_signal else "-exec-interrupt"
         g = gdbs(mi_async=not use_signal)
         g.connect(str(built.guest), t.port)
-        res = g.cmd("-exec-continue")
-        assert res.message == "running"
-        wait_serial(t, r"pt n=200 ok")  # the first workload pass is over: deep in the loop
-        g.drain()
-        t0 = time.monotonic()
-        g.interrupt(use_signal=use_signal)
-        stopped = g.wait_stopped(timeout=2.0)
-        latency = time.monotonic() - t0
-        print(f"Ctrl-C latency ({'SIGINT to gdb' if use_signal else '-exec-interrupt'}): "
-              f"{latency * 1000:.1f} ms")
-        assert stopped["payload"]["reason"] == "signal-received"
-        assert stopped["payload"]["signal-name"] == "SIGINT"
-        assert g.value("$eip") == stopped_addr(stopped)
-        assert "result: ok" not in serial_text(t)  # interrupted, not finished
+        for _cycle in range(4):
+            g.drain()
+            g.pending.clear()
+            assert g.cmd("-exec-continue").message == "running"
+            wait_serial(t, r"pt n=200 ok")  # the first workload pass is over: deep in the loop
+            _still_running(g, 0.2)
+            t0 = time.monotonic()
+            g.interrupt(use_signal=use_signal)
+            stopped = g.wait_stopped(timeout=2.0)
+            latencies.setdefault(how, []).append(time.monotonic() - t0)
+            assert stopped["payload"]["reason"] == "signal-received", stopped
+            assert stopped["payload"]["signal-name"] == "SIGINT"
+            assert g.value("$eip") == stopped_addr(stopped)
         g.ok("-target-detach")
         g.close()
+    for how, values in latencies.items():
+        print(f"Ctrl-C latency ({how}): " + ", ".join(f"{v * 1000:.1f}" for v in values) + " ms")
+    # after eight interrupts the guest still runs correctly: the next pass starts and its
+    # checks (PTE values, batch counts) hold
+    g = gdbs()
+    g.connect(str(built.guest), t.port)
+    run_to(g, "pt_workload")
+    run_to(g, "pt_workload")
+    text = serial_text(t)
+    assert "FAIL" not in text and "exception" not in text and "result:" not in text, text[-500:]
     assert t.proc.poll() is None
 
 
