@@ -2,11 +2,13 @@
 
 Threads and why (pyOCD's packet-IO model, shared reference gdb-remote-protocol.md §3.6):
 * an acceptor thread owns the listener, so a second gdb gets a clear refusal while the first works;
-* per connection, a reader thread owns ``recv``: it splits the stream (``rsp.Decoder``), answers
-  ``-``/resends on its own, and sees a Ctrl-C (0x03) while the machine runs, calling
-  ``machine.interrupt()``;
-* the thread that called ``serve_forever`` handles packets and runs the machine (``run``/``step``
-  are plain calls between Unicorn runs; nothing here runs inside a Unicorn hook).
+* per connection, the thread that called ``serve_forever`` reads the socket itself while the
+  machine is stopped (no hand-off between threads per packet: each one cost a wake-up, which is
+  most of a stepi's time on a loaded host), splits the stream (``rsp.Decoder``), answers
+  ``-``/resends, handles packets and runs the machine (``run``/``step`` are plain calls between
+  Unicorn runs; nothing here runs inside a Unicorn hook);
+* while a ``continue`` runs, a watcher thread owns ``recv`` instead: it sees a Ctrl-C (0x03) and
+  calls ``machine.interrupt()``, and keeps anything else for after the run.
 
 Replies are framed once and written with one ``sendall`` (ack included) on a TCP_NODELAY socket:
 without both, every stepi costs a Nagle/delayed-ACK round (~360 ms measured).
@@ -32,7 +34,9 @@ or ``monitor phys on`` (reset to virtual for each connection).
 
 from __future__ import annotations
 
+import collections
 import queue
+import select
 import socket
 import sys
 import threading
@@ -192,6 +196,9 @@ class Server:
                     self._session = session
                 try:
                     session.run()
+                except Exception:  # noqa: BLE001 - a bug costs this connection, not the stub
+                    self.log(f"session with {peer} failed:\n{traceback.format_exc()}")
+                    _close_quietly(conn)
                 finally:
                     with self._lock:
                         self._session = None
@@ -247,13 +254,12 @@ class _Session:
         self._ack = b""  # "+" owed for the packet being handled, sent with its reply
         self._last = b""  # last framed reply, for "-" resends
         self._send_lock = threading.Lock()
-        self._packets: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._decoder = rsp.Decoder()
+        self._events: collections.deque[tuple[rsp.Event, bytes]] = collections.deque()
+        self._eof = False
         # Ctrl-C bookkeeping: a 0x03 stops the run in progress, or else the next continue among
         # the resume packets read but not yet started (gdb may send one before the run begins).
-        self._run_lock = threading.Lock()
-        self._running = False  # machine.run() is (about to be) in progress
-        self._queued_resumes = 0  # resume packets read, not yet handled
-        self._interrupt_pending = False
+        self._interrupt_pending = False  # a Ctrl-C for the next continue
         self._closing = False
         self._console: list[str] = []
         self._gdb_swbreak = self._gdb_hwbreak = False
@@ -282,19 +288,29 @@ class _Session:
         if self.server.exited:
             self.server.exited = False
             self._safe(self.machine.reset, "reset after guest exit")
-        reader = threading.Thread(target=self._reader, name="vmigdb-rsp-reader", daemon=True)
-        reader.start()
         try:
             while not self._closing:
-                payload = self._packets.get()
-                if payload is None:
-                    break
-                self._handle(payload)
+                if not self._events:
+                    if not self._receive():
+                        break
+                    continue  # a partial packet yields nothing yet
+                ev, payload = self._events.popleft()
+                if ev is rsp.Event.PACKET:
+                    self._handle(payload)
+                elif ev is rsp.Event.INTERRUPT:
+                    # A Ctrl-C while stopped is ignored, as the protocol says, unless a resume is
+                    # already queued behind it: then it stops that run.
+                    if any(e is rsp.Event.PACKET and _is_resume(p) for e, p in self._events):
+                        self._interrupt_pending = True
+                elif ev is rsp.Event.BAD:
+                    if not self.no_ack:
+                        self._send_raw(b"-")
+                elif ev is rsp.Event.NAK and not self.no_ack and self._last:
+                    self._send_raw(self._last)
         finally:
             self._closing = True
             self._drop_points()
             _close(self.conn)
-            reader.join(timeout=5)
             self.server.log(f"gdb from {self.peer} gone; waiting for the next one")
 
     def close(self) -> None:
@@ -302,40 +318,59 @@ class _Session:
         self._closing = True
         _close_quietly(self.conn)
 
-    def _reader(self) -> None:
-        decoder = rsp.Decoder()
+    def _receive(self) -> bool:
+        """Read and split what gdb sent (this thread, machine stopped); False at the end."""
+        if self._eof:
+            return False
         try:
-            while True:
-                data = self.conn.recv(65536)
-                if not data:
-                    break
-                for ev, payload in decoder.feed(data):
-                    if ev is rsp.Event.PACKET:
-                        if _is_resume(payload):
-                            with self._run_lock:
-                                self._queued_resumes += 1
-                        self._packets.put(payload)
-                    elif ev is rsp.Event.INTERRUPT:
-                        self._interrupt()
-                    elif ev is rsp.Event.BAD:
-                        if not self.no_ack:
-                            self._send_raw(b"-")
-                    elif ev is rsp.Event.NAK and not self.no_ack and self._last:
-                        self._send_raw(self._last)
+            data = self.conn.recv(65536)
         except OSError:
-            pass
-        finally:
-            # Queued packets (a D or k sent just before closing) are still handled; then None.
-            self._interrupt()  # a gdb that vanished mid-run must not leave the machine running
-            self._packets.put(None)
+            data = b""
+        if not data:
+            self._eof = True
+            return False
+        self._events.extend(self._decoder.feed(data))
+        return True
 
-    def _interrupt(self) -> None:
-        with self._run_lock:
-            if self._running:
+    def _watch(self, done: threading.Event, wake: socket.socket) -> None:
+        """During a continue: Ctrl-C interrupts the machine; other input waits for the run's end;
+        a gdb that vanished mid-run must not leave the machine running."""
+        while not done.is_set():
+            try:
+                ready, _, _ = select.select([self.conn, wake], [], [])
+            except (OSError, ValueError):
+                ready = [self.conn]
+            if wake in ready:
+                return
+            try:
+                data = self.conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._eof = True
                 self.machine.interrupt()
-            elif self._queued_resumes:
-                self._interrupt_pending = True
-            # idle: gdb's Ctrl-C while stopped is ignored, as the protocol says
+                return
+            for ev in self._decoder.feed(data):
+                if ev[0] is rsp.Event.INTERRUPT:
+                    self.machine.interrupt()
+                else:
+                    self._events.append(ev)
+
+    def _run_watched(self) -> Stop:
+        """``machine.run()`` with a watcher on the socket for its duration."""
+        done = threading.Event()
+        wake_r, wake_w = socket.socketpair()
+        watcher = threading.Thread(target=self._watch, args=(done, wake_r),
+                                   name="vmigdb-rsp-watch", daemon=True)
+        watcher.start()
+        try:
+            return self.machine.run()
+        finally:
+            done.set()
+            wake_w.send(b"x")
+            watcher.join(timeout=5)
+            wake_r.close()
+            wake_w.close()
 
     def _send_raw(self, data: bytes) -> None:
         with self._send_lock:
@@ -366,10 +401,6 @@ class _Session:
     def _handle(self, payload: bytes) -> None:
         self._ack = b"" if self.no_ack else b"+"
         self._console = []
-        resume = _is_resume(payload)
-        if resume:
-            with self._run_lock:
-                self._queued_resumes -= 1
         try:
             handler, args = self._lookup(payload)
             reply: bytes | None = b"" if handler is None else handler(args)
@@ -380,10 +411,6 @@ class _Session:
         except Exception:  # noqa: BLE001 - a bug must cost one packet, not the session
             self.server.log(f"error handling {payload[:40]!r}:\n{traceback.format_exc()}")
             reply = b"E03"
-        if resume:
-            with self._run_lock:
-                if not self._queued_resumes:
-                    self._interrupt_pending = False  # no run left for a late Ctrl-C to stop
         if reply is None:
             self._flush_ack()
             return
@@ -644,23 +671,23 @@ class _Session:
     def _resume(self, action: str) -> bytes:
         self._flush_ack()
         stop: Stop | None = None
-        with self._run_lock:
-            if action == "c":
-                if self._interrupt_pending:
-                    stop = Stop(StopReason.INTERRUPTED, 0)
-                    self._interrupt_pending = False
-                else:
-                    self._running = True
+        if action == "c":
+            # A Ctrl-C already read (queued behind this packet, or before it) stops this run.
+            for i, (ev, _) in enumerate(self._events):
+                if ev is rsp.Event.INTERRUPT:
+                    del self._events[i]
+                    self._interrupt_pending = True
+                    break
+            if self._interrupt_pending:
+                self._interrupt_pending = False
+                stop = Stop(StopReason.INTERRUPTED, self._pc())
         try:
             if stop is None:
-                stop = self.machine.run() if action == "c" else self.machine.step()
+                stop = self._run_watched() if action == "c" else self.machine.step()
         except Exception as exc:  # noqa: BLE001 - gdb needs a stop reply whatever happened
             self.server.log(f"machine error during {action!r}:\n{traceback.format_exc()}")
             self.write(f"vmigdb: machine error: {exc}\n")
             return self._stop_signal(SIGABRT)
-        finally:
-            with self._run_lock:
-                self._running = False
         return self._stop_reply(stop)
 
     def _stop_signal(self, signal: int, reason: str = "", addr: int | None = None) -> bytes:
