@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
-$(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h: vmigdb/abi.py rom/__main__.py | $(STAMP)
+$(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h &: vmigdb/abi.py rom/__main__.py | $(STAMP)
 	$(VPY) -m vmigdb.rom header --asm $(BUILD)/vmi_abi.inc --c $(BUILD)/vmi_abi.h
+	touch $(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h
 
 rom: $(BUILD)/vmi_rom.bin
 $(BUILD)/vmi_rom.bin: rom/vmi_rom.S rom/vmi_rom.ld $(BUILD)/vmi_abi.inc $(wildcard rom/*.py) | $(STAMP)
@@ -58,7 +59,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	touch $@
 
 bench: all $(BENCH_STAMP)
-	$(VPY) -m bench
+	COLUMNS=$${COLUMNS:-150} $(VPY) -m bench
 
 lint: $(STAMP)
 	$(VPY) -m ruff check vmigdb stub rom commands tests bench
