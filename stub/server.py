@@ -318,19 +318,21 @@ class _Session:
         self._closing = True
         _close_quietly(self.conn)
 
-    def _receive(self) -> bool:
-        """Read and split what gdb sent (this thread, machine stopped); False at the end."""
-        if self._eof:
-            return False
+    def _recv(self) -> bytes:
+        """What gdb sent next; b"" (and ``_eof`` set) when the connection is gone."""
         try:
             data = self.conn.recv(65536)
         except OSError:
             data = b""
         if not data:
             self._eof = True
-            return False
+        return data
+
+    def _receive(self) -> bool:
+        """Read and split what gdb sent (this thread, machine stopped); False at the end."""
+        data = b"" if self._eof else self._recv()
         self._events.extend(self._decoder.feed(data))
-        return True
+        return bool(data)
 
     def _watch(self, done: threading.Event, wake: socket.socket) -> None:
         """During a continue: Ctrl-C interrupts the machine; other input waits for the run's end;
@@ -342,12 +344,8 @@ class _Session:
                 ready = [self.conn]
             if wake in ready:
                 return
-            try:
-                data = self.conn.recv(65536)
-            except OSError:
-                data = b""
+            data = self._recv()
             if not data:
-                self._eof = True
                 self.machine.interrupt()
                 return
             for ev in self._decoder.feed(data):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pygdbmi.gdbcontroller import GdbController
+from targets import stop_process
 
 GDB = "/usr/bin/gdb"
 
@@ -206,13 +207,7 @@ class Gdb:
 
     def close(self) -> None:
         """End gdb by its pid (terminate, then kill); the remote connection drops with it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
