@@ -259,7 +259,6 @@ class _Session:
         self._eof = False
         # Ctrl-C bookkeeping: a 0x03 stops the run in progress, or else the next continue among
         # the resume packets read but not yet started (gdb may send one before the run begins).
-        self._interrupt_pending = False  # a Ctrl-C for the next continue
         self._closing = False
         self._console: list[str] = []
         self._gdb_swbreak = self._gdb_hwbreak = False
@@ -298,10 +297,7 @@ class _Session:
                 if ev is rsp.Event.PACKET:
                     self._handle(payload)
                 elif ev is rsp.Event.INTERRUPT:
-                    # A Ctrl-C while stopped is ignored, as the protocol says, unless a resume is
-                    # already queued behind it: then it stops that run.
-                    if any(e is rsp.Event.PACKET and _is_resume(p) for e, p in self._events):
-                        self._interrupt_pending = True
+                    pass  # a Ctrl-C while stopped is ignored, as the protocol says
                 elif ev is rsp.Event.BAD:
                     if not self.no_ack:
                         self._send_raw(b"-")
@@ -670,15 +666,12 @@ class _Session:
         self._flush_ack()
         stop: Stop | None = None
         if action == "c":
-            # A Ctrl-C already read (queued behind this packet, or before it) stops this run.
+            # A Ctrl-C already read behind this packet (sent after it) stops this run at once.
             for i, (ev, _) in enumerate(self._events):
                 if ev is rsp.Event.INTERRUPT:
                     del self._events[i]
-                    self._interrupt_pending = True
+                    stop = Stop(StopReason.INTERRUPTED, self._pc())
                     break
-            if self._interrupt_pending:
-                self._interrupt_pending = False
-                stop = Stop(StopReason.INTERRUPTED, self._pc())
         try:
             if stop is None:
                 stop = self._run_watched() if action == "c" else self.machine.step()
