@@ -502,6 +502,10 @@ class Machine:
     def read_cpu(self, addr: int, size: int) -> bytes:
         """Read as the CPU would now, through Unicorn's TLB: for hooks (the tracer, exception
         delivery), where this is both right and several times cheaper than a table walk."""
+        if (addr & 0xFFF) + size <= 0x1000:  # the usual case: one page, one call
+            data = uc_ctypes.vmem_read(self.uc, addr, size)
+            if data is not None:
+                return data
         out = []
         for va, n in _pages(addr, size):
             data = uc_ctypes.vmem_read(self.uc, va, n)

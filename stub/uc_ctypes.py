@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from dataclasses import dataclass
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_PROT_READ, Uc, UcError
@@ -38,12 +39,20 @@ uclib.uc_vmem_translate.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_i
                                     ctypes.POINTER(ctypes.c_uint64))
 
 
+_local = threading.local()  # a small read buffer per thread, reused: the tracer reads often
+
+
 def vmem_read(uc: Uc, va: int, size: int) -> bytes | None:
     """Read through the current page tables; None if any page is not mapped."""
-    buf = ctypes.create_string_buffer(size)
+    if size <= 64:
+        buf = getattr(_local, "buf", None)
+        if buf is None:
+            buf = _local.buf = ctypes.create_string_buffer(64)
+    else:
+        buf = ctypes.create_string_buffer(size)
     if uclib.uc_vmem_read(uc._uch, va, UC_PROT_READ, buf, size) != 0:
         return None
-    return buf.raw
+    return buf.raw[:size]
 
 
 def vmem_translate(uc: Uc, va: int) -> int | None:
