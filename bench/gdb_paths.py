@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,13 +23,13 @@ from pathlib import Path
 
 from rich.table import Table
 
+from vmigdb import targets
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "build" / "guest.elf"
 ROM = ROOT / "build" / "vmi_rom.bin"
 LOADER = ROOT / "vmigdb.py"
-VMIGDB = Path(sys.executable).with_name("vmigdb")
 GDB = "gdb"
 REPEAT = 3
 
@@ -50,64 +49,6 @@ print("@@" + json.dumps({"events": len(events), "calls": calls, "seconds": dt, "
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"target exited early ({proc.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def _start_stub(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    err = tmp / "stub.err"
-    proc = subprocess.Popen([str(VMIGDB), "serve", str(GUEST), "--rom", str(ROM), "--cmdline",
-                             "rom=copy", "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=err.open("wb"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on [\d.]+:(\d+)", err.read_text())
-        if m:
-            return proc, int(m[1])
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError(f"stub did not start: {err.read_text()}")
-
-
-def _start_qemu(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["qemu-system-i386", "-m", "64", "-nodefaults", "-accel", "tcg,thread=single",
-         "-nographic", "-no-reboot", "-display", "none", "-monitor", "none",
-         "-serial", f"file:{tmp / 'qemu.serial'}", "-kernel", str(GUEST), "-option-rom", str(ROM),
-         "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-append", "rom=copy",
-         "-gdb", f"tcp:127.0.0.1:{port}", "-S"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port, proc, time.monotonic() + 20)
-    return proc, port
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def trace_run(kind: str, mode: str) -> dict[str, float]:
     """One whole run on ``kind`` ('stub' or 'qemu'), traced by ``mode`` ('fast', 'portable'
     or '' for no trace: the guest's own run time); events, calls, seconds."""
@@ -115,18 +56,19 @@ def trace_run(kind: str, mode: str) -> dict[str, float]:
         tmp = Path(d)
         script = tmp / "timed.py"
         script.write_text(_TIMED)
-        proc, port = _start_stub(tmp) if kind == "stub" else _start_qemu(tmp)
+        start = targets.start_stub if kind == "stub" else targets.start_qemu
+        target = start(GUEST, ROM, "rom=copy", tmp)
         try:
             r = subprocess.run(
                 [GDB, "-nx", "-batch", "-x", str(LOADER), "-ex", f"file {GUEST}",
-                 "-ex", f"target remote 127.0.0.1:{port}",
+                 "-ex", f"target remote 127.0.0.1:{target.port}",
                  "-ex", {"fast": "vmi trace start", "portable": "vmi trace start --portable",
                          "": "echo"}[mode],
                  "-ex", "break guest_exit", "-ex", f"source {script}"],
                 capture_output=True, text=True, timeout=600, check=False,
                 env={**os.environ, "NO_COLOR": "1"})
         finally:
-            _end(proc)
+            target.stop()
     m = re.search(r"^@@(\{.*\})$", r.stdout, re.MULTILINE)
     if not m:
         raise RuntimeError(f"gdb ({kind}, {mode or 'untraced'}) gave no result:\n"

@@ -7,8 +7,8 @@
 * ``udbserver``: bench/udb_launch.py, udbserver 0.3.0 over vmigdb's own machine.
 
 Every wait polls with a deadline; every process is ended by its pid. A peer that cannot start or
-answer raises ``PeerFailed`` with one line, which the table shows in that peer's cell. The same
-approach as tests/targets.py, restated here because bench must not import from tests/.
+answer raises ``PeerFailed`` with one line, which the table shows in that peer's cell. Ours and
+QEMU start through vmigdb.targets, the one place that knows their command lines.
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmigdb import targets
+from vmigdb.errors import VmiError
+from vmigdb.targets import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
-VMIGDB = Path(sys.executable).with_name("vmigdb")
 GDB_SCRIPT = Path(__file__).resolve().parent / "gdb_bench.py"
 START_TIMEOUT = 20.0
 
@@ -43,13 +46,7 @@ class Target:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def last_words(self) -> str:
         """The last line the target wrote to stderr, to explain a failure."""
@@ -58,12 +55,6 @@ class Target:
         except OSError:
             return ""
         return lines[-1].strip() if lines else ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, pattern: str) -> re.Match[str]:
@@ -77,34 +68,24 @@ def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, pattern: str) -> re
             raise PeerFailed(f"exited with status {proc.returncode}: "
                              f"{lines[-1] if lines else 'no output'}")
         time.sleep(0.02)
-    proc.kill()
-    proc.wait(5)
+    stop_process(proc)
     raise PeerFailed(f"no {pattern!r} within {START_TIMEOUT:.0f} s")
 
 
+def _from(start: Callable[[], targets.Target], kind: str) -> Target:
+    try:
+        t = start()
+    except VmiError as e:
+        raise PeerFailed(str(e)) from None
+    return Target(t.proc, t.port, kind, t.log)
+
+
 def start_ours(guest: Path, rom: Path, cmdline: str, tmp: Path, trace: bool = False) -> Target:
-    log = tmp / "ours.err"
-    cmd = [str(VMIGDB), "serve", str(guest), "--rom", str(rom), "--cmdline", cmdline,
-           "--port", "0"] + (["--trace"] if trace else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"), cwd=ROOT)
-    m = _wait_for_line(proc, log, r"listening on [\d.]+:(\d+)")
-    return Target(proc, int(m.group(1)), "ours", log)
+    return _from(lambda: targets.start_stub(guest, rom, cmdline, tmp, trace=trace), "ours")
 
 
 def start_qemu(guest: Path, rom: Path, cmdline: str, tmp: Path) -> Target:
-    log = tmp / "qemu.err"
-    port = free_port()
-    try:
-        proc = subprocess.Popen(
-            ["qemu-system-i386", "-m", "64", "-nodefaults", "-accel", "tcg,thread=single",
-             "-nographic", "-no-reboot", "-display", "none", "-monitor", "none",
-             "-serial", f"file:{tmp / 'qemu-serial.log'}", "-kernel", str(guest),
-             "-option-rom", str(rom), "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-             "-append", cmdline, "-gdb", f"tcp:127.0.0.1:{port}", "-S"],
-            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    except OSError as exc:
-        raise PeerFailed(f"cannot run qemu-system-i386: {exc.strerror}") from None
-    return Target(proc, port, "qemu", log)  # gdb retries the connection while QEMU starts
+    return _from(lambda: targets.start_qemu(guest, rom, cmdline, tmp), "qemu")
 
 
 def start_udbserver(guest: Path, rom: Path, cmdline: str, tmp: Path) -> Target:

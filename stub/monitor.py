@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vmigdb import pagetable
+from vmigdb.decode import CR0_BITS, CR4_BITS, EFER_BITS, EFLAGS_BITS, bit_names
 from vmigdb.errors import VmiError
 
 from .machine import Machine, MemoryFault
-from .target import CR0_BITS, CR4_BITS, EFER_BITS, EFLAGS_BITS, flag_names
 
 
 class MonitorError(VmiError):
@@ -166,7 +166,7 @@ def render_registers(machine: Machine) -> str:
     out.append(f"EAX={r('eax'):08x} EBX={r('ebx'):08x} ECX={r('ecx'):08x} EDX={r('edx'):08x}")
     out.append(f"ESI={r('esi'):08x} EDI={r('edi'):08x} EBP={r('ebp'):08x} ESP={r('esp'):08x}")
     efl = r("eflags")
-    out.append(f"EIP={r('eip'):08x} EFL={efl:08x} [{' '.join(flag_names(efl, EFLAGS_BITS))}] "
+    out.append(f"EIP={r('eip'):08x} EFL={efl:08x} [{' '.join(bit_names(efl, EFLAGS_BITS))}] "
                f"CPL={r('cs') & 3} IOPL={(efl >> 12) & 3}")
     cr0 = r("cr0")
     for name in ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr"):
@@ -187,8 +187,8 @@ def render_registers(machine: Machine) -> str:
     out.append(f"IDT=     {r('idtr_base'):08x} {r('idtr_limit'):08x}")
     cr4, efer = r("cr4"), r("efer")
     out.append(f"CR0={cr0:08x} CR2={r('cr2'):08x} CR3={r('cr3'):08x} CR4={cr4:08x}")
-    out.append(f"CR0 [{' '.join(flag_names(cr0, CR0_BITS))}] CR4 [{' '.join(flag_names(cr4, CR4_BITS))}]")
-    out.append(f"EFER={efer:016x} [{' '.join(flag_names(efer, EFER_BITS))}]")
+    out.append(f"CR0 [{' '.join(bit_names(cr0, CR0_BITS))}] CR4 [{' '.join(bit_names(cr4, CR4_BITS))}]")
+    out.append(f"EFER={efer:016x} [{' '.join(bit_names(efer, EFER_BITS))}]")
     fpu = [(n, _reg(machine, n)) for n in ("fctrl", "fstat", "ftag", "mxcsr")]
     if any(v is not None for _, v in fpu):
         out.append(" ".join(f"{n.upper()}={'-' if v is None else format(v, '08x')}" for n, v in fpu))

@@ -13,26 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: Flag-type bit tables: (bit, name). Read by the XML generator and by ``monitor info registers``.
-EFLAGS_BITS: tuple[tuple[int, str], ...] = (
-    (0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"), (10, "DF"),
-    (11, "OF"), (14, "NT"), (16, "RF"), (17, "VM"), (18, "AC"), (19, "VIF"), (20, "VIP"),
-    (21, "ID"),
-)
-MXCSR_BITS: tuple[tuple[int, str], ...] = (
-    (0, "IE"), (1, "DE"), (2, "ZE"), (3, "OE"), (4, "UE"), (5, "PE"), (6, "DAZ"), (7, "IM"),
-    (8, "DM"), (9, "ZM"), (10, "OM"), (11, "UM"), (12, "PM"), (15, "FZ"),
-)
-CR0_BITS: tuple[tuple[int, str], ...] = (
-    (0, "PE"), (1, "MP"), (2, "EM"), (3, "TS"), (4, "ET"), (5, "NE"), (16, "WP"), (18, "AM"),
-    (29, "NW"), (30, "CD"), (31, "PG"),
-)
-CR4_BITS: tuple[tuple[int, str], ...] = (
-    (0, "VME"), (1, "PVI"), (2, "TSD"), (3, "DE"), (4, "PSE"), (5, "PAE"), (6, "MCE"),
-    (7, "PGE"), (8, "PCE"), (9, "OSFXSR"), (10, "OSXMMEXCPT"), (16, "FSGSBASE"), (17, "PCIDE"),
-    (18, "OSXSAVE"), (20, "SMEP"), (21, "SMAP"),
-)
-EFER_BITS: tuple[tuple[int, str], ...] = ((0, "SCE"), (8, "LME"), (10, "LMA"), (11, "NXE"))
+from vmigdb.decode import CR0_BITS, CR4_BITS, EFER_BITS, EFLAGS_BITS, MXCSR_BITS
 
 #: flags-type id -> (size in bytes, bits)
 FLAG_TYPES: dict[str, tuple[int, tuple[tuple[int, str], ...]]] = {
@@ -42,11 +23,6 @@ FLAG_TYPES: dict[str, tuple[int, tuple[tuple[int, str], ...]]] = {
     "vmigdb_cr4": (4, CR4_BITS),
     "vmigdb_efer": (4, EFER_BITS),
 }
-
-
-def flag_names(value: int, bits: tuple[tuple[int, str], ...]) -> list[str]:
-    """Names of the set bits, in table order (``[ ZF IF ]`` style rendering)."""
-    return [name for bit, name in bits if value >> bit & 1]
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from vmigdb.targets import qemu_argv
+
 REPO = Path(__file__).resolve().parent.parent
-QEMU = "qemu-system-i386"
-#: isa-debug-exit at this port: QEMU exits with status (value << 1) | 1.
-DEBUG_EXIT_PORT = 0xF4
 
 
 @dataclass(frozen=True)
@@ -46,18 +45,6 @@ class QemuTimeout(AssertionError):
     """QEMU did not exit in time; the message carries the serial output so far."""
 
 
-def qemu_command(elf: Path, rom: Path | None, cmdline: str, serial: Path) -> list[str]:
-    """The reference command line: no default devices, single-threaded TCG, serial to a file,
-    and 64 MiB of RAM like vmigdb's machine (so both report the same multiboot memory)."""
-    cmd = [QEMU, "-m", "64", "-nodefaults", "-accel", "tcg,thread=single", "-nographic", "-no-reboot",
-           "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
-           "-kernel", str(elf), "-append", cmdline,
-           "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=4"]
-    if rom is not None:
-        cmd += ["-option-rom", str(rom)]
-    return cmd
-
-
 def run_qemu(elf: Path, rom: Path | None, cmdline: str = "",
              timeout: float = 60.0) -> tuple[int | None, str]:
     """Boot ``elf`` (with ``rom`` as an option ROM, or none) and wait for it to exit.
@@ -68,7 +55,7 @@ def run_qemu(elf: Path, rom: Path | None, cmdline: str = "",
     """
     with tempfile.TemporaryDirectory(prefix="vmigdb-qemu-") as d:
         serial = Path(d) / "serial.log"
-        proc = subprocess.Popen(qemu_command(elf, rom, cmdline, serial),
+        proc = subprocess.Popen(qemu_argv(elf, rom, cmdline, serial),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             out, _ = proc.communicate(timeout=timeout)

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Built, qemu_command
-from targets import Target, _wait_listening, free_port, start_qemu, start_stub
+from conftest import Built
+from targets import Target, start_qemu, start_stub
 
 from vmigdb import abi, decode, rominfo, sites
 from vmigdb import trace as tr
@@ -260,15 +260,9 @@ def test_batches_over_a_whole_run(built: Built, qemu_copy: Target, tmp_path: Pat
 
 
 def test_target_without_a_rom(built: Built, tmp_path: Path) -> None:
-    serial = tmp_path / "serial.log"
-    port = free_port()
-    proc = subprocess.Popen(
-        qemu_command(built.guest, None, "rom=copy", serial)
-        + ["-gdb", f"tcp:127.0.0.1:{port}", "-S"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t = Target(proc, port, serial, "qemu")
+    t = start_qemu(built.guest, None, "rom=copy", tmp_path)
+    port = t.port
     try:
-        _wait_listening(port, proc, time.monotonic() + 20)
         s = gdb_session(built, port, [
             ("brk", "break vmi_probe"), ("run", "continue"),
             ("rom", "vmi rom"),

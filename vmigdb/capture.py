@@ -23,11 +23,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,12 +33,11 @@ from pathlib import Path
 from typing import IO
 
 import vmigdb
-from vmigdb import mi
+from vmigdb import mi, targets
 from vmigdb import trace as tr
 from vmigdb.errors import VmiError
 
 TARGETS = ("stub", "qemu")
-QEMU = "qemu-system-i386"
 #: The loader gdb sources: the repository's ``vmigdb.py`` next to the package.
 LOADER = Path(vmigdb.__file__).resolve().parent.parent / "vmigdb.py"
 #: Events asked for per ``-vmi-trace-events`` (one MI line each; ~150 bytes per event).
@@ -51,8 +47,6 @@ PULL_CHUNK = 5000
 #: less often: the demo guest's whole traced run takes under a second there.
 POLL_SECONDS = {"stub": 1.0, "qemu": 0.25}
 START_TIMEOUT = 30.0
-#: isa-debug-exit at this port, as the test machine and vmigdb's machine have it.
-DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=4"
 
 
 class CaptureError(VmiError):
@@ -164,92 +158,6 @@ def default_rom() -> Path:
     return LOADER.parent / "build" / "vmi_rom.bin"
 
 
-# --- targets ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    """A running gdb target process and the port it listens on."""
-
-    kind: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    def guest_code(self) -> int | None:
-        """QEMU only: the guest's isa-debug-exit value from QEMU's exit status, if it ended so."""
-        status = self.proc.poll()
-        if status is None or status <= 0 or not status & 1:
-            return None
-        return status >> 1
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
-def _spawn(argv: list[str], stdout: IO[bytes], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
-    try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                preexec_fn=mi.die_with_parent)  # noqa: PLW1509
-    except OSError as e:
-        raise CaptureError(f"cannot start {argv[0]}: {e.strerror}") from None
-
-
-def start_stub(cfg: Config, rom: Path, work: Path) -> Target:
-    """``vmigdb serve --port 0`` in a child; the port comes from its 'listening on' line."""
-    log = work / "stub.log"
-    serial = cfg.serial or work / "serial.log"
-    with open(serial, "wb") as out, open(log, "wb") as err:
-        proc = _spawn([sys.executable, "-m", "vmigdb.cli", "serve", str(cfg.guest), "--rom",
-                       str(rom), "--cmdline", cfg.cmdline, "--port", "0"], out, err)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        m = re.search(r"listening on [\d.]+:(\d+)", text)
-        if m:
-            return Target("stub", proc, int(m.group(1)), log)
-        if proc.poll() is not None:
-            raise CaptureError(f"the stub did not start: {_last_line(text)}")
-        time.sleep(0.02)
-    proc.kill()
-    raise CaptureError("the stub did not start listening")
-
-
-def start_qemu(cfg: Config, rom: Path, work: Path) -> Target:
-    """QEMU stopped at reset (-S) with its gdbstub on a free port (qemu-reference.md section 5:
-    single-threaded TCG for exact breakpoint counts, 64 MiB like vmigdb's machine)."""
-    if shutil.which(QEMU) is None:
-        raise CaptureError(f"{QEMU} not found (install qemu-system-x86, or use --target stub)")
-    log = work / "qemu.log"
-    serial = cfg.serial or work / "serial.log"
-    port = _free_port()
-    argv = [QEMU, "-m", "64", "-nodefaults", "-accel", "tcg,thread=single", "-nographic",
-            "-no-reboot", "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
-            "-kernel", str(cfg.guest), "-option-rom", str(rom), "-device", DEBUG_EXIT,
-            "-append", cfg.cmdline, "-gdb", f"tcp:127.0.0.1:{port}", "-S"]
-    with open(log, "wb") as err:
-        proc = _spawn(argv, err, err)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CaptureError(f"QEMU did not start: {_last_line(log.read_text(errors='replace'))}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Target("qemu", proc, port, log)
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise CaptureError(f"QEMU's gdbstub did not listen on port {port}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _one_line(text: str) -> str:
     """gdb's messages can span lines; the CLI prints one."""
     return " ".join(text.split())
@@ -266,7 +174,7 @@ def _last_line(text: str) -> str:
 class _Run:
     """One capture in progress: gdb, the target, the writer, and the pull/stop bookkeeping."""
 
-    def __init__(self, cfg: Config, gdb: mi.Gdb, target: Target, writer: tr.TraceWriter,
+    def __init__(self, cfg: Config, gdb: mi.Gdb, target: targets.Target, writer: tr.TraceWriter,
                  on_progress: Callable[[Progress], None] | None) -> None:
         self.cfg = cfg
         self.gdb = gdb
@@ -431,12 +339,16 @@ def capture(cfg: Config, on_progress: Callable[[Progress], None] | None = None) 
                                 guest=str(cfg.guest.resolve()), rom=str(rom.resolve()),
                                 cmdline=cfg.cmdline,
                                 until=str(cfg.until))
-        target: Target | None = None
+        target: targets.Target | None = None
         gdb: mi.Gdb | None = None
         try:
             try:
-                start = start_stub if cfg.target == "stub" else start_qemu
-                target = start(cfg, rom, Path(tmp))
+                if cfg.target == "stub":
+                    target = targets.start_stub(cfg.guest, rom, cfg.cmdline, Path(tmp),
+                                                serial=cfg.serial)
+                else:
+                    target = targets.start_qemu(cfg.guest, rom, cfg.cmdline, Path(tmp),
+                                                serial=cfg.serial)
                 gdb = mi.Gdb(timeout=START_TIMEOUT)
                 run = _Run(cfg, gdb, target, writer, on_progress)
                 run._progress("starting")

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from vmigdb import abi
+from vmigdb import abi, pagetable
 
 CR0_BITS: tuple[tuple[int, str], ...] = (
     (0, "PE"), (1, "MP"), (2, "EM"), (3, "TS"), (4, "ET"), (5, "NE"), (16, "WP"), (18, "AM"),
@@ -17,18 +17,21 @@ CR0_BITS: tuple[tuple[int, str], ...] = (
 )
 CR4_BITS: tuple[tuple[int, str], ...] = (
     (0, "VME"), (1, "PVI"), (2, "TSD"), (3, "DE"), (4, "PSE"), (5, "PAE"), (6, "MCE"),
-    (7, "PGE"), (8, "PCE"), (9, "OSFXSR"), (10, "OSXMMEXCPT"), (16, "FSGSBASE"), (18, "OSXSAVE"),
+    (7, "PGE"), (8, "PCE"), (9, "OSFXSR"), (10, "OSXMMEXCPT"), (16, "FSGSBASE"), (17, "PCIDE"),
+    (18, "OSXSAVE"), (20, "SMEP"), (21, "SMAP"),
 )
 EFLAGS_BITS: tuple[tuple[int, str], ...] = (
     (0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"), (10, "DF"),
     (11, "OF"), (14, "NT"), (16, "RF"), (17, "VM"), (18, "AC"), (19, "VIF"), (20, "VIP"),
     (21, "ID"),
 )
-#: x86 page-table entry bits (both levels, 2-level and PAE); bit 63 is NX under PAE.
-PTE_BITS: tuple[tuple[int, str], ...] = (
-    (0, "P"), (1, "RW"), (2, "US"), (3, "PWT"), (4, "PCD"), (5, "A"), (6, "D"), (7, "PS"),
-    (8, "G"), (63, "NX"),
+EFER_BITS: tuple[tuple[int, str], ...] = ((0, "SCE"), (8, "LME"), (10, "LMA"), (11, "NXE"))
+MXCSR_BITS: tuple[tuple[int, str], ...] = (
+    (0, "IE"), (1, "DE"), (2, "ZE"), (3, "OE"), (4, "UE"), (5, "PE"), (6, "DAZ"), (7, "IM"),
+    (8, "DM"), (9, "ZM"), (10, "OM"), (11, "UM"), (12, "PM"), (15, "FZ"),
 )
+#: x86 page-table entry bits (both levels, 2-level and PAE): the walker's own table.
+PTE_BITS = pagetable.PTE_FLAG_BITS
 MSR_NAMES: dict[int, str] = {
     0x10: "IA32_TIME_STAMP_COUNTER",
     0x1B: "IA32_APIC_BASE",

@@ -9,16 +9,15 @@ runs in ``gdb -batch``.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from rich.rule import Rule
 
+from vmigdb import targets
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,22 +63,6 @@ def _run(console, title: str, argv: list[str]) -> int:
     return subprocess.run(argv, cwd=ROOT, check=False).returncode
 
 
-def _serve(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    err = tmp / "stub.log"
-    proc = subprocess.Popen([VMIGDB, "serve", GUEST, "--rom", ROM, "--port", "0"], cwd=ROOT,
-                            stdout=(tmp / "serial.log").open("wb"), stderr=err.open("wb"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on [\d.]+:(\d+)", err.read_text())
-        if m:
-            return proc, int(m.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"vmigdb demo: the stub did not start: {err.read_text().strip()}")
-
-
 def main() -> int:
     console = make_console()
     failed = 0
@@ -92,10 +75,10 @@ def main() -> int:
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not os.environ.get("CI")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        proc, port = _serve(tmp)
+        stub = targets.start_stub(ROOT / GUEST, ROOT / ROM, "", tmp)
         try:
             script = tmp / "tour.gdb"
-            script.write_text(_gdb_script(port))
+            script.write_text(_gdb_script(stub.port))
             console.print(Rule("gdb with vmigdb loaded, on the stub"))
             argv = ["gdb", "-nx", "-q", "-x", str(ROOT / "vmigdb.py"), "-x", str(script)]
             if not interactive:
@@ -104,8 +87,7 @@ def main() -> int:
                 console.print("The tour runs, then gdb is yours: try `help vmi`; `quit` ends.")
             failed += subprocess.run(argv, cwd=ROOT, check=False).returncode != 0
         finally:
-            proc.terminate()
-            proc.wait(5)
+            stub.stop()
     return 1 if failed else 0
 
 

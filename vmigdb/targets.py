@@ -1,0 +1,139 @@
+"""Start the two gdb targets vmigdb compares: its own stub (``vmigdb serve``) and QEMU's gdbstub.
+
+One place for the reference command lines, so capture, the demo, the benchmarks and the tests
+all run the same machines: QEMU as shared/reference/qemu-reference.md section 5 recommends
+(single-threaded TCG for exact breakpoint counts, 64 MiB like vmigdb's machine, stopped at reset
+with ``-S``), our stub with ``--port 0`` and the port read from its "listening on" line. Children
+die with the process that started them, so a killed capture or test leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmigdb.errors import VmiError
+from vmigdb.mi import die_with_parent
+
+QEMU = "qemu-system-i386"
+DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=4"
+START_TIMEOUT = 20.0
+
+
+class TargetError(VmiError):
+    """A target process could not be started or did not start listening."""
+
+
+@dataclass
+class Target:
+    """A running gdb target process, the port it listens on, its log and the guest's COM1 file."""
+
+    kind: str  # "stub" | "qemu"
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    serial: Path
+
+    def guest_code(self) -> int | None:
+        """QEMU only: the guest's isa-debug-exit value from QEMU's exit status, if it ended so."""
+        status = self.proc.poll()
+        if status is None or status <= 0 or not status & 1:
+            return None
+        return status >> 1
+
+    def stop(self) -> int | None:
+        return stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
+    """End a child by its pid: terminate, then kill if it does not go within 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qemu_argv(guest: Path, rom: Path | None, cmdline: str, serial: Path,
+              gdb_port: int | None = None) -> list[str]:
+    """The reference QEMU command line; with ``gdb_port`` its gdbstub waits at reset."""
+    argv = [QEMU, "-m", "64", "-nodefaults", "-accel", "tcg,thread=single", "-nographic",
+            "-no-reboot", "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
+            "-kernel", str(guest), "-device", DEBUG_EXIT, "-append", cmdline]
+    if rom is not None:
+        argv += ["-option-rom", str(rom)]
+    if gdb_port is not None:
+        argv += ["-gdb", f"tcp:127.0.0.1:{gdb_port}", "-S"]
+    return argv
+
+
+def _spawn(argv: list[str], stdout: Path, stderr: Path) -> subprocess.Popen[bytes]:
+    try:
+        with open(stdout, "wb") as out, open(stderr, "ab") as err:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    preexec_fn=die_with_parent)  # noqa: PLW1509
+    except OSError as e:
+        raise TargetError(f"cannot start {argv[0]}: {e.strerror}") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def start_stub(guest: Path, rom: Path, cmdline: str, work: Path, *,
+               serial: Path | None = None, trace: bool = False) -> Target:
+    """``vmigdb serve --port 0`` in a child; the guest waits at its entry for gdb."""
+    log = work / "stub.log"
+    serial = serial or work / "stub-serial.log"
+    argv = [sys.executable, "-m", "vmigdb.cli", "serve", str(guest), "--rom", str(rom),
+            "--cmdline", cmdline, "--port", "0"] + (["--trace"] if trace else [])
+    proc = _spawn(argv, serial, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        m = re.search(r"listening on [\d.]+:(\d+)", text)
+        if m:
+            return Target("stub", proc, int(m.group(1)), log, serial)
+        if proc.poll() is not None:
+            raise TargetError(f"the stub did not start: {_last_line(text)}")
+        time.sleep(0.02)
+    stop_process(proc)
+    raise TargetError("the stub did not start listening")
+
+
+def start_qemu(guest: Path, rom: Path | None, cmdline: str, work: Path, *,
+               serial: Path | None = None) -> Target:
+    """QEMU stopped at reset with its gdbstub on a free port."""
+    if shutil.which(QEMU) is None:
+        raise TargetError(f"{QEMU} not found (install qemu-system-x86)")
+    log = work / "qemu.log"
+    serial = serial or work / "qemu-serial.log"
+    port = free_port()
+    proc = _spawn(qemu_argv(guest, rom, cmdline, serial, gdb_port=port), log, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TargetError(f"QEMU did not start: {_last_line(log.read_text(errors='replace'))}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return Target("qemu", proc, port, log, serial)
+        except OSError:
+            time.sleep(0.02)
+    stop_process(proc)
+    raise TargetError(f"QEMU's gdbstub did not listen on port {port}")
