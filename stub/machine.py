@@ -168,6 +168,17 @@ _GPR32 = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
 _SEGMENTS = {"cs", "ss", "ds", "es", "fs", "gs"}
 _TABLES = {"gdtr": X.UC_X86_REG_GDTR, "idtr": X.UC_X86_REG_IDTR, "ldtr": X.UC_X86_REG_LDTR,
            "tr": X.UC_X86_REG_TR}
+#: register_file(): what one raw batch read holds, as (name, byte offset, size or "mmr").
+_FILE_IDS: tuple[int, ...] = (
+    *_GPR32.values(), *(_SIMPLE[n] for n in _SIMPLE if n not in _GPR32),
+    *(getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)), *_TABLES.values())
+_FILE_PLAN: tuple[tuple[str, int, int | str], ...] = tuple(
+    (name, uc_ctypes.RAW_SLOT * i,
+     "mmr" if name in _TABLES else "fp" if name[:2] == "fp" else
+     16 if name.startswith("xmm") else 2 if name in _SEGMENTS else 4)
+    for i, name in enumerate((*_GPR32, *(n for n in _SIMPLE if n not in _GPR32),
+                              *(f"fp{i}" for i in range(8)), *_TABLES)))
+_FILE_FP0 = next(off for name, off, _kind in _FILE_PLAN if name == "fp0")
 _UC_ERRORS = {
     UC_ERR_FETCH_UNMAPPED: "instruction fetch from unmapped memory",
     UC_ERR_READ_UNMAPPED: "read of unmapped memory",
@@ -317,6 +328,7 @@ class Machine:
         self._runctl_lib = uc_ctypes.runctl_library()
         self._runctl = uc_ctypes.RunControl()
         self._runctl_seen = 0  # runctl.stopped when the last interrupt was reported
+        self._file_reader = uc_ctypes.raw_batch_reader(uc, _FILE_IDS)
         uc_ctypes.add_runctl_hook(uc, self._runctl_lib, self._runctl)
         self.reset()
 
@@ -375,6 +387,29 @@ class Machine:
         self._flush_tlb()
 
     # --- registers and memory ------------------------------------------------------------------
+    def register_file(self) -> dict[str, int]:
+        """The registers of gdb's ``g`` packet (``reg_read`` names, plus ldtr/tr base and limit)
+        from one libunicorn call and one MSR read: gdb's ``g`` packet asks for all of them whenever the expedited three are not
+        enough, and reading them one by one through the binding cost ~0.5 ms."""
+        raw = self._file_reader()
+        out: dict[str, int] = {}
+        for name, off, kind in _FILE_PLAN:
+            if kind == "fp":
+                continue  # physical x87 registers: st(i) below
+            if kind == "mmr":  # uc_x86_mmr: u16 selector, u64 base at 8, u32 limit at 16
+                if name in ("ldtr", "tr"):
+                    out[name] = int.from_bytes(raw[off:off + 2], "little")
+                out[f"{name}_base"] = int.from_bytes(raw[off + 8:off + 16], "little") & 0xFFFFFFFF
+                out[f"{name}_limit"] = int.from_bytes(raw[off + 16:off + 20], "little")
+            else:
+                out[name] = int.from_bytes(raw[off:off + kind], "little")
+        out["efer"] = self.uc.msr_read(EFER)
+        top = (out["fstat"] >> 11) & 7
+        for i in range(8):  # st(i) is physical register (top + i) mod 8: u64 mantissa, u16 exp
+            off = _FILE_FP0 + uc_ctypes.RAW_SLOT * ((top + i) & 7)
+            out[f"st{i}"] = int.from_bytes(raw[off:off + 10], "little")
+        return out
+
     def reg_read(self, name: str) -> int:
         reg = _GPR32.get(name)
         if reg is not None:

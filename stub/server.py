@@ -506,19 +506,14 @@ class _Session:
 
     # --- registers ---------------------------------------------------------------------------------
     def _h_g(self, args: bytes) -> bytes:
-        return target.encode_g(self.machine.reg_read)
+        return target.encode_g(self.machine.register_file().__getitem__)
 
     def _h_G(self, args: bytes) -> bytes:
+        now = self.machine.register_file()
         for reg, value in target.decode_g(args):
-            if self._read_or_none(reg.name) != value:
+            if now.get(reg.name) != value:
                 self.machine.reg_write(reg.name, value)
         return b"OK"
-
-    def _read_or_none(self, name: str) -> int | None:
-        try:
-            return self.machine.reg_read(name)
-        except (KeyError, ValueError):
-            return None
 
     def _h_p(self, args: bytes) -> bytes:
         return target.encode_reg(target.REGISTERS[rsp.parse_hex(args)], self.machine.reg_read)

@@ -229,6 +229,32 @@ def batch_reader(uc: Uc, regids: tuple[int, ...]):
     return reader
 
 
+#: Bytes per register in a raw batch read: the largest value libunicorn writes for an x86
+#: register we read is the 24-byte ``uc_x86_mmr`` (gdtr, idtr, ldtr, tr).
+RAW_SLOT = 32
+
+
+def raw_batch_reader(uc: Uc, regids: tuple[int, ...]):
+    """A function reading registers of any size in one libunicorn call: the raw bytes,
+    ``RAW_SLOT`` per register in ``regids`` order, zero-filled past what libunicorn wrote.
+    gdb's ``g`` packet reads 52 registers; one binding call each cost ~10 us."""
+    n = len(regids)
+    ids = (ctypes.c_int * n)(*regids)
+    buf = (ctypes.c_uint8 * (RAW_SLOT * n))()
+    ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(buf) + RAW_SLOT * i for i in range(n)))
+    handle = uc._uch
+    read = uclib.uc_reg_read_batch
+
+    def reader() -> bytes:
+        ctypes.memset(buf, 0, RAW_SLOT * n)
+        err = read(handle, ids, ptrs, n)
+        if err:
+            raise UcError(err)
+        return bytes(buf)
+
+    return reader
+
+
 class RunControl(ctypes.Structure):
     """Mirror of ``struct vmigdb_runctl`` in stub/runctl.c."""
 

@@ -102,6 +102,26 @@ def test_every_register_name_reads(progs):
         m.reg_read("rip")
 
 
+def test_register_file_equals_one_by_one_reads(progs):
+    """gdb's ``g`` reply comes from one batch read: every register must read as reg_read does,
+    including x87 registers under a rotated stack top and a loaded LDT/TR selector."""
+    from vmigdb.stub.target import REGISTERS
+
+    m = boot(progs, "basic")
+    m.reg_write("fstat", 5 << 11)  # TOP = 5: st(i) is physical register (5 + i) mod 8
+    for i in range(8):
+        m.reg_write(f"st{i}", (0x4000 + i) << 64 | 0x8000000000000000 | i)
+        m.reg_write(f"xmm{i}", (i + 1) * 0x0101010101010101_0202020202020202)
+    for n, v in {"eax": 0x11223344, "ebp": 0x8000, "cr2": 0xDEAD000, "mxcsr": 0x1FA0,
+                 "fctrl": 0x27F, "gdtr_limit": 0x3F, "idtr_base": 0x7000}.items():
+        m.reg_write(n, v)
+    file = m.register_file()
+    for reg in REGISTERS:
+        assert file[reg.name] == m.reg_read(reg.name), reg.name
+    assert file["st2"] == (0x4002 << 64) | 0x8000000000000002
+    assert file["xmm7"] == 8 * 0x0101010101010101_0202020202020202
+
+
 # --- devices -------------------------------------------------------------------------------------
 def test_serial_output_and_debug_exit(progs):
     m = boot(progs, "basic")

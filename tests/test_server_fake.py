@@ -62,6 +62,9 @@ class FakeMachine(Machine):
     def reg_read(self, name: str) -> int:
         return self.regs[name]
 
+    def register_file(self) -> dict[str, int]:
+        return dict(self.regs)
+
     def reg_write(self, name: str, value: int) -> None:
         if name not in self.regs:
             raise KeyError(name)
