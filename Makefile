@@ -14,14 +14,14 @@ GUEST_CFLAGS := -m32 -march=i686 -ffreestanding -nostdlib -fno-pic -fno-pie -fno
 GUEST_SRCS := $(wildcard guest/*.c) $(wildcard guest/*.S)
 GUEST_OBJS := $(patsubst guest/%,$(BUILD)/guest/%.o,$(GUEST_SRCS))
 
-.PHONY: all demo test bench venv rom guest runctl clean lint
+.PHONY: all demo test bench venv rom guest hooks clean lint
 
-all: rom guest runctl
+all: rom guest hooks
 
-runctl: $(BUILD)/vmigdb_runctl.so
-$(BUILD)/vmigdb_runctl.so: stub/runctl.c
+hooks: $(BUILD)/vmigdb_hooks.so
+$(BUILD)/vmigdb_hooks.so: stub/runctl.c stub/tracehook.c stub/hooks.h
 	@mkdir -p $(BUILD)
-	gcc -O2 -shared -fPIC -o $@ $<
+	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ stub/runctl.c stub/tracehook.c
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml

@@ -2,8 +2,9 @@
 
 Both give ``vmigdb.trace`` events with the same fields, so every view works on either. The stub
 is recognised by answering ``monitor vmi trace status`` with a JSON object; its events are
-fetched with ``monitor vmi trace dump FROM COUNT`` (one JSON event per line) and cached here, so
-each view only asks for the events it has not seen. Any other target gets the portable tracer.
+fetched with the stub's ``qvmigdb.events`` packet (a JSON array per reply; ``monitor vmi trace
+dump`` when gdb lacks ``send_packet``) and cached here, so each view only asks for the events it
+has not seen. Any other target gets the portable tracer.
 One source per gdb connection: reconnecting starts afresh, while the events of a closed
 connection stay readable (``vmi trace save`` after QEMU exited).
 """
@@ -24,6 +25,17 @@ from vmigdb.errors import VmiError
 
 #: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
 DUMP_CHUNK = 2000
+#: Events asked for per ``qvmigdb.events`` (the stub may send fewer; an empty array ends).
+PACKET_CHUNK = 8192
+
+
+def _unescape_binary(data: bytes) -> bytes:
+    """Undo the remote protocol's binary escapes (``}`` + byte ^ 0x20): gdb hands a reply to
+    ``send_packet`` as it came. Every ``}`` starts an escape and never ends one, so replacing
+    each escape pair, the ``}`` one last, is exact."""
+    for byte in (b"#", b"$", b"*", b"}"):
+        data = data.replace(b"}" + bytes((byte[0] ^ 0x20,)), byte)
+    return data
 
 
 class TraceSource(Protocol):
@@ -103,18 +115,49 @@ class StubSource:
     def events(self) -> list[tr.Event]:
         if not self._alive():
             return self._events
-        start = self._events[-1].seq + 1 if self._events else 0
         while True:
-            text = _monitor(f"vmi trace dump {start} {DUMP_CHUNK}")
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            for ln in lines:
-                try:
-                    self._events.append(tr.event_from_json(json.loads(ln)))
-                except (json.JSONDecodeError, ValueError) as e:
-                    raise VmiError(f"the stub sent a bad trace line: {e}") from None
-            if len(lines) < DUMP_CHUNK:
+            start = self._events[-1].seq + 1 if self._events else 0
+            got = self._fetch_packet(start)
+            if got is None:  # a gdb without send_packet, or a stub without the packet
+                got = self._fetch_monitor(start)
+            try:
+                self._events.extend(tr.event_from_json(d) for d in got)
+            except ValueError as e:
+                raise VmiError(f"the stub sent a bad trace event: {e}") from None
+            if not got:
                 return self._events
-            start = self._events[-1].seq + 1
+
+    def _fetch_packet(self, start: int) -> list[object] | None:
+        """Events from ``start`` by ``qvmigdb.events``: one JSON array per reply, straight from
+        the packet (no console text, no hex)."""
+        send = getattr(gdb.selected_inferior().connection, "send_packet", None)
+        if send is None:
+            return None
+        try:
+            reply = send(f"qvmigdb.events:{start:x},{PACKET_CHUNK:x}")
+        except gdb.error:
+            target.require_target()
+            return None
+        if isinstance(reply, str):
+            reply = reply.encode("latin-1")
+        if not reply:
+            return None
+        if reply[:1] == b"E" and len(reply) == 3:
+            raise VmiError(f"the stub refused qvmigdb.events ({reply.decode()})")
+        try:
+            value = json.loads(_unescape_binary(reply))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise VmiError(f"the stub sent a bad trace reply: {e}") from None
+        if not isinstance(value, list):
+            raise VmiError("the stub sent a bad trace reply: not a JSON array")
+        return value
+
+    def _fetch_monitor(self, start: int) -> list[object]:
+        text = _monitor(f"vmi trace dump {start} {DUMP_CHUNK}")
+        try:
+            return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        except json.JSONDecodeError as e:
+            raise VmiError(f"the stub sent a bad trace line: {e}") from None
 
 
 def is_stub() -> bool:

@@ -240,6 +240,15 @@ class _HookHandle:
 
 
 @dataclass
+class _CHook:
+    """A C code hook: re-added (to run last) when a Python hook joins its address."""
+
+    fn: int
+    user_data: int
+    handle: int
+
+
+@dataclass
 class _Watch:
     va: int
     length: int
@@ -325,11 +334,13 @@ class Machine:
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         # Ctrl-C stops at the next block boundary through a C block hook (see stub/runctl.c).
-        self._runctl_lib = uc_ctypes.runctl_library()
+        self._hooks_lib = uc_ctypes.hooks_library()
         self._runctl = uc_ctypes.RunControl()
+        self._c_hooks: dict[int, dict[int, _CHook]] = {}  # va -> ident -> C code hook
+        self._c_services: list[Callable[[], None]] = []
         self._runctl_seen = 0  # runctl.stopped when the last interrupt was reported
         self._file_reader = uc_ctypes.raw_batch_reader(uc, _FILE_IDS)
-        uc_ctypes.add_runctl_hook(uc, self._runctl_lib, self._runctl)
+        uc_ctypes.add_runctl_hook(uc, self._hooks_lib, self._runctl)
         self.reset()
 
     def _init_state(self) -> None:
@@ -644,6 +655,7 @@ class Machine:
             self._step_mode = True
         pc = self.reg_read("eip")
         self._stepping = True
+        self._runctl.stepping = 1
         pending, self._runctl.stop = self._runctl.stop, 0  # a step always makes its step
         stopped = self._runctl.stopped
         err = self._emulate(pc, count=1)
@@ -651,7 +663,9 @@ class Machine:
             pending = 1
             err = self._emulate(pc, count=1)
         self._runctl.stop = pending or self._runctl.stop
+        self._runctl.stepping = 0
         self._stepping = False
+        self._c_service()
         stop = self._classify(err, stepping=True)
         self._run_services()
         if stop is not None:
@@ -681,6 +695,29 @@ class Machine:
         if not self._stepping:  # a step ends after its one instruction anyway
             self.uc.emu_stop()
 
+    @property
+    def runctl(self) -> uc_ctypes.RunControl:
+        """Run control, for C hooks: they ask for a stop at the next block boundary or for a
+        service call between runs through it (stub/hooks.h)."""
+        return self._runctl
+
+    def on_c_service(self, work: Callable[[], None]) -> None:
+        """Call ``work`` between two emulations whenever a C hook set ``runctl.service``."""
+        self._c_services.append(work)
+
+    def _c_service(self) -> bool:
+        rc = self._runctl
+        if not rc.service:
+            return False
+        rc.service = 0
+        with self._lock:
+            if not self._interrupt_req:  # the stop (if one happened) was for the service only
+                rc.stop = 0
+                self._runctl_seen = rc.stopped
+        for work in self._c_services:
+            work()
+        return True
+
     def _run_services(self) -> bool:
         if not self._services:
             return False
@@ -707,8 +744,9 @@ class Machine:
             with self._lock:
                 self._running = False
                 self._stopped.set()
+        c_serviced = self._c_service()
         stop = self._classify(err, stepping=False)
-        serviced = self._run_services()
+        serviced = self._run_services() or c_serviced
         if stop is not None:
             return stop
         if serviced:
@@ -809,12 +847,38 @@ class Machine:
         if site is not None and site.hooks.pop(handle.ident, None) is not None:
             self._maybe_drop_site(handle.va, site)
 
+    def add_c_code_hook(self, va: int, fn: int, user_data: int) -> object:
+        """A per-address hook whose callback is C (``fn(uc, address, size, user_data)``): no
+        Python on the hot path. It runs after the Python hooks at ``va``, so when one of those
+        stops the run, the C hook runs once on the resume, not twice. Returns a handle."""
+        va &= 0xFFFFFFFF
+        ident = self._next_ident
+        self._next_ident += 1
+        hook = _CHook(fn, user_data, uc_ctypes.add_c_hook(self.uc, UC_HOOK_CODE, fn, user_data,
+                                                          va, va))
+        self._c_hooks.setdefault(va, {})[ident] = hook
+        self.uc.ctl_remove_cache(va, va + 1)  # hooks added after translation never fire
+        return _HookHandle(va, ident)
+
+    def remove_c_code_hook(self, handle: object) -> None:
+        assert isinstance(handle, _HookHandle)
+        hooks = self._c_hooks.get(handle.va, {})
+        hook = hooks.pop(handle.ident, None)
+        if hook is not None:
+            uc_ctypes.del_c_hook(self.uc, hook.handle)
+        if not hooks:
+            self._c_hooks.pop(handle.va, None)
+
     def _site(self, va: int) -> _Site:
         va &= 0xFFFFFFFF
         site = self._sites.get(va)
         if site is None:
             site = self._sites[va] = _Site()
             site.handle = self.uc.hook_add(UC_HOOK_CODE, self._on_code, site, va, va)
+            for hook in self._c_hooks.get(va, {}).values():  # keep the C hooks after it
+                uc_ctypes.del_c_hook(self.uc, hook.handle)
+                hook.handle = uc_ctypes.add_c_hook(self.uc, UC_HOOK_CODE, hook.fn,
+                                                   hook.user_data, va, va)
             self.uc.ctl_remove_cache(va, va + 1)  # hooks added after translation never fire
         return site
 
@@ -1010,9 +1074,11 @@ class Machine:
             self._arrival_done = pc if pc in self._sites else None
             self._watch_muted = True
             self._stepping = True
+            self._runctl.muted = self._runctl.stepping = 1  # C hooks here ran already
             try:
                 err = self._emulate(pc, count=1)
             finally:
+                self._runctl.muted = self._runctl.stepping = 0
                 self._watch_muted = False
                 self._stepping = False
             if self._stop is not None and self._stop[0] is StopReason.TRIPLE_FAULT:

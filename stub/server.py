@@ -77,6 +77,10 @@ MEMORY_MAP_HEAD = (
 )
 
 
+#: A vmigdb ``q`` packet handler: the text after the name (``:args``) -> the reply payload.
+Query = Callable[[bytes], bytes]
+
+
 def memory_map_xml(regions: list[tuple[int, int, str]]) -> bytes:
     """gdb's memory map from the machine's physical regions, gaps filled with ``ram``.
 
@@ -118,9 +122,12 @@ class Server:
 
     def __init__(self, machine: Machine, host: str = "127.0.0.1", port: int = 1234, *,
                  ready: Callable[[int], None] | None = None, monitor: MonitorTable | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 queries: dict[bytes, Query] | None = None) -> None:
         self.machine = machine
         self.monitor = monitor if monitor is not None else default_table()
+        #: vmigdb's own ``q`` packets by name (``qvmigdb.events``): handler(arguments) -> reply.
+        self.queries = dict(queries or {})
         self.log = log or _default_log
         self._ready = ready
         self._lock = threading.Lock()
@@ -227,9 +234,10 @@ class Server:
 
 
 def serve(machine: Machine, host: str = "127.0.0.1", port: int = 1234, *,
-          ready: Callable[[int], None] | None = None, monitor: MonitorTable | None = None) -> None:
+          ready: Callable[[int], None] | None = None, monitor: MonitorTable | None = None,
+          queries: dict[bytes, Query] | None = None) -> None:
     """Serve gdb on ``host:port`` until interrupted; ``ready(port)`` once listening. Blocks."""
-    Server(machine, host, port, ready=ready, monitor=monitor).serve_forever()
+    Server(machine, host, port, ready=ready, monitor=monitor, queries=queries).serve_forever()
 
 
 def _close(conn: socket.socket) -> None:
@@ -279,6 +287,7 @@ class _Session:
             b"vCont?": lambda a: b"vCont;c;C;s;S", b"vCont": self._h_vCont,
             b"qqemu.PhyMemMode": lambda a: b"1" if self.phys_mode else b"0",
             b"Qqemu.PhyMemMode": self._h_QPhyMemMode,
+            **server.queries,
         }
 
     # --- plumbing ------------------------------------------------------------------------------

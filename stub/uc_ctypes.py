@@ -256,23 +256,69 @@ def raw_batch_reader(uc: Uc, regids: tuple[int, ...]):
 
 
 class RunControl(ctypes.Structure):
-    """Mirror of ``struct vmigdb_runctl`` in stub/runctl.c."""
+    """Mirror of ``struct vmigdb_runctl`` in stub/hooks.h."""
 
     _fields_ = (("stop", ctypes.c_int32), ("stopped", ctypes.c_int32),
-                ("emu_stop", ctypes.c_void_p))
+                ("emu_stop", ctypes.c_void_p), ("service", ctypes.c_int32),
+                ("muted", ctypes.c_int32), ("stepping", ctypes.c_int32))
 
 
-def runctl_library() -> ctypes.CDLL:
-    """The C block hook, built from stub/runctl.c into build/ (by make, or here on first use)."""
+TRACE_REGS = 8
+TRACE_STACK_WORDS = 6
+TRACE_MEM_OK = 1
+TRACE_STACK_OK = 2
+TRACE_KNOWN_SLOTS = 1024
+
+
+class TraceRecord(ctypes.Structure):
+    """Mirror of ``struct vmigdb_trace_record``."""
+
+    _fields_ = (("tag", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("regs", ctypes.c_uint32 * TRACE_REGS),
+                ("stack", ctypes.c_uint32 * TRACE_STACK_WORDS), ("mem", ctypes.c_uint32 * 2))
+
+
+class Trace(ctypes.Structure):
+    """Mirror of ``struct vmigdb_trace``."""
+
+    _fields_ = (("rc", ctypes.POINTER(RunControl)), ("records", ctypes.POINTER(TraceRecord)),
+                ("capacity", ctypes.c_uint32), ("high_water", ctypes.c_uint32),
+                ("count", ctypes.c_uint32), ("lost", ctypes.c_uint32),
+                ("reg_ids", ctypes.c_int * TRACE_REGS),
+                ("reg_read_batch", ctypes.c_void_p), ("vmem_read", ctypes.c_void_p),
+                ("known", ctypes.c_uint32 * TRACE_KNOWN_SLOTS))
+
+
+class TraceSite(ctypes.Structure):
+    """Mirror of ``struct vmigdb_trace_site``: one hook's user data."""
+
+    _fields_ = (("trace", ctypes.POINTER(Trace)), ("tag", ctypes.c_uint32),
+                ("mem_reg", ctypes.c_int32), ("mem_size", ctypes.c_uint32),
+                ("wants_return", ctypes.c_uint32))
+
+
+def libunicorn_function(name: str) -> int:
+    """The address of a libunicorn function, for a C hook to call."""
+    return ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value or 0
+
+
+_C_SOURCES = ("runctl.c", "tracehook.c", "hooks.h")
+
+
+def hooks_library() -> ctypes.CDLL:
+    """vmigdb's C hooks (stub/runctl.c, stub/tracehook.c), built into build/ by make, or here
+    by gcc on first use."""
     import subprocess
     from pathlib import Path
 
-    src = Path(__file__).with_name("runctl.c")
-    out = Path(__file__).resolve().parent.parent / "build" / "vmigdb_runctl.so"
-    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+    here = Path(__file__).resolve().parent
+    srcs = [here / name for name in _C_SOURCES]
+    out = here.parent / "build" / "vmigdb_hooks.so"
+    if not out.exists() or out.stat().st_mtime < max(s.stat().st_mtime for s in srcs):
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out), str(src)],
+            subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out),
+                            *(str(s) for s in srcs if s.suffix == ".c")],
                            check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as e:
             detail = getattr(e, "stderr", "") or str(e)
@@ -280,15 +326,25 @@ def runctl_library() -> ctypes.CDLL:
     return ctypes.CDLL(str(out))
 
 
+def add_c_hook(uc: Uc, kind: int, fn: int, user_data: int, begin: int, end: int) -> int:
+    """Install a hook whose callback is a C function (no Python on the hot path); its handle."""
+    handle = ctypes.c_size_t()
+    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
+                            ctypes.c_void_p(user_data), ctypes.c_uint64(begin),
+                            ctypes.c_uint64(end))
+    if err != 0:
+        raise VmiError(f"cannot install a C hook (unicorn error {err})")
+    return handle.value
+
+
+def del_c_hook(uc: Uc, handle: int) -> None:
+    uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+
+
 def add_runctl_hook(uc: Uc, lib: ctypes.CDLL, rc: RunControl) -> int:
     """Install the C block hook over all code; returns the hook handle."""
     from unicorn import UC_HOOK_BLOCK
 
-    rc.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
-    handle = ctypes.c_size_t()
-    fn = ctypes.cast(lib.vmigdb_block_hook, ctypes.c_void_p)
-    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, fn,
-                            ctypes.cast(ctypes.pointer(rc), ctypes.c_void_p), 1, 0)
-    if err != 0:
-        raise VmiError(f"cannot install the run-control hook (unicorn error {err})")
-    return handle.value
+    rc.emu_stop = libunicorn_function("uc_emu_stop")
+    fn = ctypes.cast(lib.vmigdb_block_hook, ctypes.c_void_p).value or 0
+    return add_c_hook(uc, UC_HOOK_BLOCK, fn, ctypes.addressof(rc), 1, 0)

@@ -67,7 +67,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from vmigdb.stub.machine import Machine
     from vmigdb.stub.monitor import default_table
     from vmigdb.stub.server import serve
-    from vmigdb.stub.vmitrace import VmiTracer, register_monitor
+    from vmigdb.stub.vmitrace import VmiTracer, queries, register_monitor
 
     machine = Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline)
     monitor = default_table()
@@ -88,7 +88,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"(gdb: target remote {args.listen}:{port})", file=sys.stderr, flush=True)
 
     try:
-        serve(machine, host=args.listen, port=args.port, ready=ready, monitor=monitor)
+        serve(machine, host=args.listen, port=args.port, ready=ready, monitor=monitor,
+              queries=queries(tracer))
     except OSError as e:
         raise VmiError(f"cannot listen on {args.listen}:{args.port}: {e.strerror}") from None
     return EXIT_OK

@@ -78,6 +78,14 @@ class Recorder:
         self._emit(e)
         return e
 
+    @staticmethod
+    def capture(spec: abi.CallSpec) -> tuple[str, int] | None:
+        """The memory ``call`` reads for this call, as (argument holding the address, bytes):
+        a recorder that decodes later (the stub's C hooks) must capture it at the call."""
+        if spec.call not in _PTE_CALLS:
+            return None
+        return "ptep", 8 if spec.call == abi.VmiCall.SetPxELong else 4
+
     def call(self, spec: abi.CallSpec, entry: int, regs: Callable[[str], int],
              esp: int, stack: bytes, read: Read) -> int | None:
         """A hit on a ROM entry. ``stack`` is at least 24 bytes at ESP (return address first).

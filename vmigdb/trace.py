@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, ClassVar, TextIO
@@ -36,55 +36,76 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         # Shallow on purpose: the values are ints, strs and flat dicts/lists that json.dumps
         # reads as they are; dataclasses.asdict would deep-copy each of them.
-        d = {f.name: getattr(self, f.name) for f in _schema(type(self))[0]}
+        d = {f.name: getattr(self, f.name) for f in _schema(type(self)).fields}
         d["type"] = self.TYPE
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Event:
-        all_fields, names, required = _schema(cls)
-        missing = required - d.keys()
-        if missing:
+        schema = _schema(cls)
+        if not schema.required <= d.keys():
+            missing = schema.required - d.keys()
             raise ValueError(f"{cls.TYPE} event lacks {', '.join(sorted(missing))}")
-        kwargs = {k: v for k, v in d.items() if k in names}
-        for f in all_fields:
-            if f.name in kwargs and not _fits(f, kwargs[f.name]):
-                raise ValueError(f"{cls.TYPE} event: field {f.name!r} has a wrong type "
-                                 f"({type(kwargs[f.name]).__name__})")
+        # "type", and fields of a later version, are not arguments.
+        kwargs = {k: v for k, v in d.items() if k in schema.names}
+        for k, v in kwargs.items():
+            if not (type(v) is int if k in schema.ints else schema.checks[k](v)):
+                raise ValueError(f"{cls.TYPE} event: field {k!r} has a wrong type "
+                                 f"({type(v).__name__})")
         return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class _Schema:
+    fields: tuple[Field[Any], ...]
+    names: frozenset[str]
+    required: frozenset[str]
+    ints: frozenset[str]  # plain int fields: checked inline, the common case
+    checks: dict[str, Callable[[Any], bool]]  # every field's JSON type check
+
+
 @functools.cache
-def _schema(cls: type[Event]) -> tuple[tuple[Field[Any], ...], frozenset[str], frozenset[str]]:
-    """Each event class's fields, names and required names, computed once: reading a trace of
-    100k events must not call dataclasses.fields 100k times."""
+def _schema(cls: type[Event]) -> _Schema:
+    """Each event class's fields, names and type checks, computed once: reading a trace of
+    100k events must not inspect dataclass fields 100k times."""
     fs = fields(cls)
-    return (fs, frozenset(f.name for f in fs),
-            frozenset(f.name for f in fs
-                      if f.default is MISSING and f.default_factory is MISSING))
+    checks = {f.name: _check_for(f) for f in fs}
+    return _Schema(fs, frozenset(checks),
+                   frozenset(f.name for f in fs
+                             if f.default is MISSING and f.default_factory is MISSING),
+                   frozenset(n for n, c in checks.items() if c is _is_int), checks)
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int  # JSON ints; bools are not ints here
 
 
-def _fits(f: Any, v: Any) -> bool:
-    """Does ``v`` have the JSON type the field's default says (ints, never bools, for ints;
-    {name: int} for dicts; [[int, ...], ...] for lists)?"""
+def _is_int_dict(v: Any) -> bool:
+    return type(v) is dict and all(type(x) is int for x in v.values())
+
+
+def _is_int_rows(v: Any) -> bool:
+    return type(v) is list and all(
+        type(row) is list and all(type(x) is int for x in row) for row in v)
+
+
+def _check_for(f: Field[Any]) -> Callable[[Any], bool]:
+    """The JSON type the field's default says: ints (never bools) for ints, {name: int} for
+    dicts, [[int, ...], ...] for lists, int or null where the default is None."""
     if f.default is MISSING and f.default_factory is MISSING:
-        return _is_int(v)  # seq
+        return _is_int  # seq
     if f.default_factory is dict:
-        return isinstance(v, dict) and all(_is_int(x) for x in v.values())
+        return _is_int_dict
     if f.default_factory is list:
-        return isinstance(v, list) and all(
-            isinstance(row, list) and all(_is_int(x) for x in row) for row in v)
+        return _is_int_rows
     if f.default is None:
-        return v is None or _is_int(v)
+        return lambda v: v is None or _is_int(v)
     if isinstance(f.default, bool):
-        return isinstance(v, bool)
+        return lambda v: isinstance(v, bool)
     if isinstance(f.default, int):
-        return _is_int(v)
-    return isinstance(v, type(f.default))
+        return _is_int
+    kind = type(f.default)
+    return lambda v: isinstance(v, kind)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,88 @@
+/*
+ * The recording half of vmigdb's in-stub VMI tracer (stub/vmitrace.py is the other half):
+ * per-address Unicorn code hooks on the ROM's entry points and on the return addresses of calls
+ * with results. A hit appends one fixed-size raw record: the general registers, 24 bytes of
+ * stack and, for a PTE write, the old PTE read through the CPU's TLB at that moment (the ROM
+ * overwrites it right after). Python decodes the records later, in order, through the same
+ * vmigdb.recorder rules the portable gdb path uses. A Python callback per hit cost ~25 us.
+ *
+ * The hook never stops the CPU itself: a stop inside a code hook lands before the instruction,
+ * and resuming there would record the hit twice. It asks run control (runctl.c) for a stop at
+ * the next block boundary instead, when the buffer is nearly full or when a call will return to
+ * an address no hook watches yet.
+ */
+#include "hooks.h"
+
+#define UC_PROT_READ 1
+
+static int known(const struct vmigdb_trace *t, uint32_t addr)
+{
+    uint32_t i = (addr * 2654435761u) % TRACE_KNOWN_SLOTS;
+    for (uint32_t n = 0; n < TRACE_KNOWN_SLOTS; n++, i = (i + 1) % TRACE_KNOWN_SLOTS) {
+        if (t->known[i] == addr)
+            return 1;
+        if (t->known[i] == 0)
+            return 0;
+    }
+    return 0;
+}
+
+/* Python: a return address is hooked now (0 on success, -1 when the set is full). */
+int vmigdb_trace_known_add(struct vmigdb_trace *t, uint32_t addr)
+{
+    uint32_t i = (addr * 2654435761u) % TRACE_KNOWN_SLOTS;
+    for (uint32_t n = 0; n < TRACE_KNOWN_SLOTS; n++, i = (i + 1) % TRACE_KNOWN_SLOTS) {
+        if (t->known[i] == addr)
+            return 0;
+        if (t->known[i] == 0) {
+            t->known[i] = addr;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void request_service(struct vmigdb_trace *t)
+{
+    t->rc->service = 1;
+    if (!t->rc->stepping)       /* a step ends after its instruction anyway */
+        t->rc->stop = 1;
+}
+
+void vmigdb_trace_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct vmigdb_trace_site *site = user_data;
+    struct vmigdb_trace *t = site->trace;
+    (void)address;
+    (void)size;
+    if (t->rc->muted)
+        return;
+    if (t->count >= t->capacity) {
+        t->lost++;
+        request_service(t);
+        return;
+    }
+    struct vmigdb_trace_record *r = &t->records[t->count];
+    uint64_t regs[TRACE_REGS] = {0};
+    void *ptrs[TRACE_REGS];
+    for (int i = 0; i < TRACE_REGS; i++)
+        ptrs[i] = &regs[i];
+    t->reg_read_batch(uc, t->reg_ids, ptrs, TRACE_REGS);
+    for (int i = 0; i < TRACE_REGS; i++)
+        r->regs[i] = (uint32_t)regs[i];
+    r->tag = site->tag;
+    r->flags = 0;
+    if (t->vmem_read(uc, r->regs[4], UC_PROT_READ, r->stack, sizeof r->stack) == 0)
+        r->flags |= TRACE_STACK_OK;
+    else
+        for (int i = 0; i < TRACE_STACK_WORDS; i++)
+            r->stack[i] = 0;
+    r->mem[0] = r->mem[1] = 0;
+    if (site->mem_reg >= 0 && site->mem_size <= sizeof r->mem
+        && t->vmem_read(uc, r->regs[site->mem_reg], UC_PROT_READ, r->mem, site->mem_size) == 0)
+        r->flags |= TRACE_MEM_OK;
+    t->count++;
+    if (t->count >= t->high_water
+        || (site->wants_return && (r->flags & TRACE_STACK_OK) && !known(t, r->stack[0])))
+        request_service(t);
+}
