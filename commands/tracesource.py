@@ -2,9 +2,10 @@
 
 Both give ``vmigdb.trace`` events with the same fields, so every view works on either. The stub
 is recognised by answering ``monitor vmi trace status`` with a JSON object; its events are
-fetched with the stub's ``qvmigdb.events`` packet (a JSON array per reply; ``monitor vmi trace
-dump`` when gdb lacks ``send_packet``) and cached here, so each view only asks for the events it
-has not seen. Any other target gets the portable tracer.
+fetched as the stub's raw log (``qvmigdb.raw``) and decoded here, by the rules the portable path
+uses (``vmigdb.rawtrace``); from the stub's own decoded events (``qvmigdb.events``, or ``monitor
+vmi trace dump`` when gdb lacks ``send_packet``) when that is not possible. They are cached here,
+so each view only asks for what it has not seen. Any other target gets the portable tracer.
 One source per gdb connection: reconnecting starts afresh, while the events of a closed
 connection stay readable (``vmi trace save`` after QEMU exited).
 """
@@ -22,11 +23,15 @@ from vmigdb.abi import VmiCall
 from vmigdb.commands import target
 from vmigdb.commands.portable import PortableTracer
 from vmigdb.errors import VmiError
+from vmigdb.rawtrace import RawDecoder
+from vmigdb.recorder import Recorder
 
 #: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
 DUMP_CHUNK = 2000
 #: Events asked for per ``qvmigdb.events`` (the stub may send fewer; an empty array ends).
 PACKET_CHUNK = 8192
+#: Raw log bytes asked for per ``qvmigdb.raw`` (a shorter reply is the end of the log).
+RAW_CHUNK = 1 << 20
 
 
 def _unescape_binary(data: bytes) -> bytes:
@@ -74,6 +79,13 @@ class StubSource:
         self._events: list[tr.Event] = []
         #: Set when the connection closes: the events fetched so far stay readable.
         self.closed = False
+        # The stub's raw log, decoded here by the recorder's rules: None until tried, False
+        # when this gdb cannot (no send_packet, an older stub, or bytes lost to the stub's
+        # limit: then the stub's decoded events go on from the last one we have).
+        self._raw: bool | None = None
+        self._offset = 0
+        self._recorder = Recorder()
+        self._decoder = RawDecoder(self._recorder)
 
     def _alive(self) -> bool:
         """False once the connection closed; then the cached events are all there is."""
@@ -101,6 +113,7 @@ class StubSource:
 
     def clear(self) -> None:
         if self._alive():
+            self.events()  # decode to the end first: the stub drops the log it had
             _monitor("vmi trace clear")
         self._events.clear()
 
@@ -115,6 +128,10 @@ class StubSource:
     def events(self) -> list[tr.Event]:
         if not self._alive():
             return self._events
+        if self._raw is not False:
+            self._raw = self._fetch_raw()
+            if self._raw:
+                return self._events
         while True:
             start = self._events[-1].seq + 1 if self._events else 0
             got = self._fetch_packet(start)
@@ -127,14 +144,13 @@ class StubSource:
             if not got:
                 return self._events
 
-    def _fetch_packet(self, start: int) -> list[object] | None:
-        """Events from ``start`` by ``qvmigdb.events``: one JSON array per reply, straight from
-        the packet (no console text, no hex)."""
+    def _send(self, packet: str) -> bytes | None:
+        """A vmigdb packet's reply, unescaped; None when gdb or the stub lacks it."""
         send = getattr(gdb.selected_inferior().connection, "send_packet", None)
         if send is None:
             return None
         try:
-            reply = send(f"qvmigdb.events:{start:x},{PACKET_CHUNK:x}")
+            reply = send(packet)
         except gdb.error:
             target.require_target()
             return None
@@ -143,9 +159,42 @@ class StubSource:
         if not reply:
             return None
         if reply[:1] == b"E" and len(reply) == 3:
-            raise VmiError(f"the stub refused qvmigdb.events ({reply.decode()})")
+            raise VmiError(f"the stub refused {packet.partition(':')[0]} ({reply.decode()})")
+        return _unescape_binary(reply)
+
+    def _fetch_raw(self) -> bool:
+        """Decode the stub's raw log from where we stopped; False if that is not possible."""
+        while True:
+            reply = self._send(f"qvmigdb.raw:{self._offset:x},{RAW_CHUNK:x}")
+            if reply is None:
+                return False
+            head, sep, data = reply.partition(b";")
+            try:
+                base = int(head, 16)
+            except ValueError:
+                base = -1
+            if not sep or base < 0:
+                raise VmiError("the stub sent a bad raw trace reply")
+            if base > self._offset:
+                return False  # the stub dropped bytes we had not read
+            try:
+                self._decoder.feed(data)
+            except ValueError as e:
+                raise VmiError(f"the stub sent a bad raw trace: {e}") from None
+            self._offset += len(data)
+            self._events.extend(self._recorder.events)
+            self._recorder.events.clear()
+            if len(data) < RAW_CHUNK:
+                return True
+
+    def _fetch_packet(self, start: int) -> list[object] | None:
+        """Events from ``start`` by ``qvmigdb.events``: one JSON array per reply, straight from
+        the packet (no console text, no hex)."""
+        reply = self._send(f"qvmigdb.events:{start:x},{PACKET_CHUNK:x}")
+        if reply is None:
+            return None
         try:
-            value = json.loads(_unescape_binary(reply))
+            value = json.loads(reply)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise VmiError(f"the stub sent a bad trace reply: {e}") from None
         if not isinstance(value, list):

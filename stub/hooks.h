@@ -24,8 +24,12 @@ struct vmigdb_runctl {
 #define TRACE_STACK_OK 2u           /* record.flags: stack was readable */
 #define TRACE_KNOWN_SLOTS 1024      /* open-addressing set of hooked return addresses */
 
+#define TRACE_RETURN 0xFFFFFFFFu     /* record.call of a hit on a return address */
+
+/* vmigdb/rawtrace.py's RECORD reads these: keep the two in step. */
 struct vmigdb_trace_record {
-    uint32_t tag;                   /* the hook's tag: Python's table says what was hit */
+    uint32_t call;                  /* the VMI call number of the entry, or TRACE_RETURN */
+    uint32_t addr;                  /* the hooked address: the entry, or the return address */
     uint32_t flags;
     uint32_t regs[TRACE_REGS];
     uint32_t stack[TRACE_STACK_WORDS];
@@ -48,7 +52,8 @@ struct vmigdb_trace {
 /* One hook's user data: which trace, what to call the hit, what memory to capture. */
 struct vmigdb_trace_site {
     struct vmigdb_trace *trace;
-    uint32_t tag;
+    uint32_t call;                  /* copied into each record */
+    uint32_t addr;
     int32_t mem_reg;                /* index in regs of the address to read, or -1 */
     uint32_t mem_size;              /* 4 or 8 */
     uint32_t wants_return;          /* the call has results: its return address must be hooked */

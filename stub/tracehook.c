@@ -70,7 +70,8 @@ void vmigdb_trace_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     t->reg_read_batch(uc, t->reg_ids, ptrs, TRACE_REGS);
     for (int i = 0; i < TRACE_REGS; i++)
         r->regs[i] = (uint32_t)regs[i];
-    r->tag = site->tag;
+    r->call = site->call;
+    r->addr = site->addr;
     r->flags = 0;
     if (t->vmem_read(uc, r->regs[4], UC_PROT_READ, r->stack, sizeof r->stack) == 0)
         r->flags |= TRACE_STACK_OK;

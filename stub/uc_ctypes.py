@@ -273,7 +273,7 @@ TRACE_KNOWN_SLOTS = 1024
 class TraceRecord(ctypes.Structure):
     """Mirror of ``struct vmigdb_trace_record``."""
 
-    _fields_ = (("tag", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+    _fields_ = (("call", ctypes.c_uint32), ("addr", ctypes.c_uint32), ("flags", ctypes.c_uint32),
                 ("regs", ctypes.c_uint32 * TRACE_REGS),
                 ("stack", ctypes.c_uint32 * TRACE_STACK_WORDS), ("mem", ctypes.c_uint32 * 2))
 
@@ -292,7 +292,8 @@ class Trace(ctypes.Structure):
 class TraceSite(ctypes.Structure):
     """Mirror of ``struct vmigdb_trace_site``: one hook's user data."""
 
-    _fields_ = (("trace", ctypes.POINTER(Trace)), ("tag", ctypes.c_uint32),
+    _fields_ = (("trace", ctypes.POINTER(Trace)), ("call", ctypes.c_uint32),
+                ("addr", ctypes.c_uint32),
                 ("mem_reg", ctypes.c_int32), ("mem_size", ctypes.c_uint32),
                 ("wants_return", ctypes.c_uint32))
 

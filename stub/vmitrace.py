@@ -1,14 +1,15 @@
-"""The in-stub VMI tracer (the fast path): C hooks on the ROM's entries, Python to decode.
+"""The in-stub VMI tracer (the fast path): C hooks on the ROM's entries, a raw log, lazy decoding.
 
 It costs nothing where the guest does not call the ROM: no whole-range hook, one hook per ROM
 entry, one per distinct return address of a call with results, and observers on the ROM's own
-init and flush announcements. The per-call hooks are C (stub/tracehook.c): each hit appends a
-raw record (registers, stack words, the old PTE of a PTE write) to a buffer. The records are
-decoded in order, through the same ``vmigdb.recorder`` rules the portable gdb path uses, when
-anyone looks (events, status, dump) or when the buffer fills; the guest runs at near full speed
-meanwhile. Port announcements (init, flush) are rare: Python observers capture what they need at
-once and queue it at its place among the records. Hooks are installed between runs, because
-Unicorn cannot safely change hooks from inside one.
+init and flush announcements. The per-call hooks are C (stub/tracehook.c): a hit appends a raw
+record to a buffer, which moves into the raw log (``vmigdb.rawtrace`` items) at each stop and
+before each port announcement, so the log keeps the guest's order. Nothing is decoded while the
+guest runs. Readers decode the log with the rules of ``vmigdb.recorder``: the stub itself when
+asked for status or ``monitor vmi trace dump``, and gdb, which fetches the log with
+``qvmigdb.raw`` and decodes it in its own Python (``commands/tracesource.py``): the cheapest
+path for a whole trace, since events never cross the wire as text. Hooks are installed between
+runs, because Unicorn cannot safely change hooks from inside one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 from unicorn import x86_const as X
 
-from vmigdb import abi, rominfo
+from vmigdb import abi, rawtrace, rominfo
 from vmigdb import trace as tr
 from vmigdb.errors import VmiError
 from vmigdb.recorder import Recorder
@@ -31,29 +32,37 @@ from vmigdb.stub.machine import Machine, MemoryFault
 from vmigdb.stub.monitor import MonitorContext, MonitorError, MonitorTable, parse_number
 
 DEFAULT_CAPACITY = 1 << 20
-#: Raw records held between two decodes; at RAW_CAPACITY - RAW_HEADROOM the C hook asks for a
-#: stop at the next block boundary, long before it could run out.
+#: Raw records the C hooks hold between two collections; at RAW_CAPACITY - RAW_HEADROOM they
+#: ask for a stop at the next block boundary, long before they could run out.
 RAW_CAPACITY = 1 << 14
 RAW_HEADROOM = 64
-#: The registers of a raw record, in stub/hooks.h order.
-RECORD_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-_REG_INDEX = {name: i for i, name in enumerate(RECORD_REGS)}
-_RECORD = struct.Struct("<2I8I6I2I")
-_STACK = slice(8 + 4 * U.TRACE_REGS, 8 + 4 * U.TRACE_REGS + 4 * U.TRACE_STACK_WORDS)
-assert _RECORD.size == ctypes.sizeof(U.TraceRecord)
+#: Bytes of raw log kept for readers (~1M records). Past it the stub decodes the log into its
+#: own events and drops it; a gdb that had not read that far goes on with the decoded events.
+RAW_LOG_LIMIT = 80 << 20
+assert rawtrace.RECORD.size == ctypes.sizeof(U.TraceRecord)
 
 
 class VmiTracer:
-    """Records ROM calls, returns, PTE writes, lazy-mode changes and batch flushes as events."""
+    """Records ROM calls, returns, PTE writes, lazy-mode changes and batch flushes."""
 
-    def __init__(self, machine: Machine, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, machine: Machine, capacity: int = DEFAULT_CAPACITY,
+                 log_limit: int = RAW_LOG_LIMIT) -> None:
         self.machine = machine
         self.recorder = Recorder(capacity=capacity)
         self.enabled = False
         self.rom_base: int | None = None
+        self._rom_batched = False  # what vmi_init announced, traced or not
         self._entry_hooks: list[object] = []
         self._return_hooks: dict[int, object] = {}
+        self._wanted: set[int] = set()  # return addresses to hook at the next service
         self._pending_base: int | None = None
+        # The raw log: stream bytes [base, base + len(log)); the stub's decoder has read to
+        # ``_decoded``.
+        self._log = bytearray()
+        self._base = 0
+        self._decoded = 0
+        self._log_limit = log_limit
+        self._decoder = rawtrace.RawDecoder(self.recorder)
         # The C half: the record buffer, its control block and one site struct per hook.
         lib = U.hooks_library()
         self._hook_fn = ctypes.cast(lib.vmigdb_trace_hook, ctypes.c_void_p).value or 0
@@ -65,63 +74,64 @@ class VmiTracer:
             records=ctypes.cast(self._records, ctypes.POINTER(U.TraceRecord)),
             capacity=RAW_CAPACITY, high_water=RAW_CAPACITY - RAW_HEADROOM,
             reg_ids=(ctypes.c_int * U.TRACE_REGS)(
-                *(getattr(X, f"UC_X86_REG_{r.upper()}") for r in RECORD_REGS)),
+                *(getattr(X, f"UC_X86_REG_{r.upper()}") for r in rawtrace.REGS)),
             reg_read_batch=U.libunicorn_function("uc_reg_read_batch"),
             vmem_read=U.libunicorn_function("uc_vmem_read"))
         self._sites: dict[object, U.TraceSite] = {}  # hook handle -> its C user data
-        #: What a record's tag stands for: ("call", spec, entry) or ("ret", address).
-        self._tags: list[tuple] = []
-        #: Port announcements queued among the records: (record index, apply).
-        self._side: list[tuple[int, Callable[[], None]]] = []
-        machine.on_c_service(self.drain)
+        machine.on_c_service(self.service)
         machine.add_port_observer(abi.ROM_INIT_PORT, self._on_init_port)
         machine.add_port_observer(abi.ROM_FLUSH_PORT, self._on_flush_port)
 
     @property
     def events(self):
-        self.drain()
+        self._decode_all()
         return self.recorder.events
 
     @property
     def dropped(self) -> int:
-        self.drain()
+        self._decode_all()
         return self.recorder.dropped
 
     @property
     def batched(self) -> bool:
-        self.drain()
-        return self.recorder.batched
+        return self._rom_batched
 
     # --- control (between runs) -----------------------------------------------------------------
     def start(self) -> None:
+        if not self.enabled:
+            self._append(rawtrace.state_item(self._rom_batched))
         self.enabled = True
         if self.rom_base is not None and not self._entry_hooks:
             self._install_entries(self.rom_base)
 
     def stop(self) -> None:
-        self.drain()
+        self._collect()
         self.enabled = False
         self._remove_hooks()
 
     def clear(self) -> None:
-        self.drain()
+        """Forget the events (and the raw log behind them); decoding state and sequence numbers
+        go on."""
+        self._decode_all()
         self.recorder.clear()
+        self._drop_log()
 
     def status(self) -> dict[str, object]:
-        self.drain()
+        self._decode_all()
         return {
             "enabled": self.enabled,
             "events": len(self.recorder.events),
             "dropped": self.recorder.dropped,
             "next_seq": self.recorder.seq,
             "rom_base": self.rom_base,
-            "batched": self.recorder.batched,
+            "batched": self._rom_batched,
             "capacity": self.recorder.events.maxlen,
+            "raw_bytes": len(self._log),
         }
 
     def dump(self, start: int = 0, count: int | None = None) -> Iterator[tr.Event]:
         """Events with ``seq >= start``, at most ``count`` of them."""
-        self.drain()
+        self._decode_all()
         events = self.recorder.events
         if not events:
             return iter(())
@@ -130,76 +140,75 @@ class VmiTracer:
         first = max(0, start - events[0].seq)
         return itertools.islice(events, first, None if count is None else first + count)
 
+    def raw(self, offset: int, size: int) -> tuple[int, bytes]:
+        """(first stream offset still kept, up to ``size`` log bytes from ``offset``): what gdb
+        decodes itself. A reader whose offset is below the first one kept has lost bytes."""
+        self._collect()
+        start = max(offset, self._base) - self._base
+        return self._base, bytes(self._log[start:start + size])
+
     def service(self) -> None:
-        """Between runs: decode what was recorded and install the hooks it asked for (the ROM's
-        entries once vmi_init announced them)."""
+        """Between runs: collect the records and install the hooks they need (the ROM's
+        entries once vmi_init announced them, the return addresses of calls with results)."""
         if self._pending_base is not None:
             base, self._pending_base = self._pending_base, None
             if base != self.rom_base or not self._entry_hooks:
-                self.drain()
+                self._collect()
                 self._remove_hooks()
                 self.rom_base = base
                 if self.enabled:
                     self._install_entries(base)
-        self.drain()
-
-    def drain(self) -> None:
-        """Decode the raw records and queued announcements, in order, into events; hook the
-        return addresses the decoded calls will come back to."""
-        t = self._trace
-        n, side = t.count, self._side
-        if not n and not side:
-            return
-        self._side = []
-        raw = ctypes.string_at(self._records, n * _RECORD.size)
-        rec = self.recorder
-        wanted: set[int] = set()
-        k = 0
-        for i, r in enumerate(_RECORD.iter_unpack(raw)):
-            while k < len(side) and side[k][0] <= i:
-                side[k][1]()
-                k += 1
-            if not r[1] & U.TRACE_STACK_OK:
-                continue  # the stack was unmapped: nothing to decode (as a gdb read would fail)
-            tag = self._tags[r[0]]
-            regs = r[2:10]
-            if tag[0] == "ret":
-                if rec.pending:
-                    rec.ret(tag[1], regs[4], lambda name, v=regs: v[_REG_INDEX[name]])
-                continue
-            _kind, spec, entry = tag
-            off = i * _RECORD.size
-            ret = rec.call(spec, entry, lambda name, v=regs: v[_REG_INDEX[name]], regs[4],
-                           raw[off + _STACK.start:off + _STACK.stop], _captured(spec, r))
-            if ret is not None and ret not in self._return_hooks:
-                wanted.add(ret)
-        for _pos, apply in side[k:]:
-            apply()
-        t.count = 0
-        if t.lost:
-            rec.dropped += t.lost
-            t.lost = 0
+        self._collect()
         if self.enabled:
-            for ret in wanted:
-                self._hook(ret, ("ret", ret), None)
+            for ret in self._wanted - self._return_hooks.keys():
+                self._hook(ret, rawtrace.RETURN, None)
+        self._wanted.clear()
 
-    def _hook(self, va: int, tag: tuple, spec: abi.CallSpec | None) -> object:
-        capture = Recorder.capture(spec) if spec is not None else None
-        reg, size = -1, 0
-        if capture is not None:
-            loc = next(a.loc for a in spec.args if a.name == capture[0])
-            reg, size = _REG_INDEX.get(loc, -1), capture[1]
-        site = U.TraceSite(trace=ctypes.pointer(self._trace), tag=len(self._tags),
-                           mem_reg=reg, mem_size=size,
-                           wants_return=int(spec is not None and spec.returns
-                                            and bool(spec.results)))
-        self._tags.append(tag)
+    # --- the raw log ------------------------------------------------------------------------------
+    def _collect(self) -> None:
+        """Move the C hooks' records into the log: allowed inside a run (no decoding, no hook
+        changes), so a port observer can keep the log in the guest's order."""
+        t = self._trace
+        if t.count:
+            data = ctypes.string_at(self._records, t.count * rawtrace.RECORD.size)
+            t.count = 0
+            self._append(rawtrace.records_item(data))
+            self._wanted |= rawtrace.return_addresses(data)
+        if t.lost:
+            self.recorder.dropped += t.lost
+            t.lost = 0
+
+    def _append(self, item: bytes) -> None:
+        self._log += item
+        if len(self._log) > self._log_limit:
+            self._decode_all()
+            self._drop_log()
+
+    def _decode_all(self) -> None:
+        self._collect()
+        end = self._base + len(self._log)
+        if self._decoded < end:
+            self._decoder.feed(bytes(self._log[self._decoded - self._base:]))
+            self._decoded = end
+
+    def _drop_log(self) -> None:
+        self._base += len(self._log)
+        self._decoded = self._base
+        self._log = bytearray()
+
+    # --- hooks --------------------------------------------------------------------------------
+    def _hook(self, va: int, call: int, spec: abi.CallSpec | None) -> object:
+        capture = rawtrace.captured_memory(spec) if spec is not None else None
+        site = U.TraceSite(trace=ctypes.pointer(self._trace), call=call, addr=va,
+                           mem_reg=capture[0] if capture else -1,
+                           mem_size=capture[1] if capture else 0,
+                           wants_return=int(spec is not None and rawtrace.wants_return(spec)))
         handle = self.machine.add_c_code_hook(va, self._hook_fn, ctypes.addressof(site))
         self._sites[handle] = site
-        if tag[0] == "ret":
+        if call == rawtrace.RETURN:
             self._return_hooks[va] = handle
-            if self._known_add(ctypes.byref(self._trace), va) != 0:
-                pass  # the set is full: such calls just ask for a (needless) service each time
+            # A full set only means such calls ask for a (needless) service each time.
+            self._known_add(ctypes.byref(self._trace), va)
         return handle
 
     def _install_entries(self, base: int) -> None:
@@ -212,21 +221,21 @@ class VmiTracer:
             return
         for call, offset in info.call_table.items():
             if offset is not None:
-                spec = abi.CALLS[call]
-                self._entry_hooks.append(self._hook(base + offset, ("call", spec, base + offset),
-                                                    spec))
+                self._entry_hooks.append(self._hook(base + offset, int(call), abi.CALLS[call]))
 
     def _remove_hooks(self) -> None:
         for h in [*self._entry_hooks, *self._return_hooks.values()]:
             self.machine.remove_c_code_hook(h)
             self._sites.pop(h, None)
+        had_hooks = bool(self._entry_hooks)
         self._entry_hooks.clear()
         self._return_hooks.clear()
         ctypes.memset(ctypes.addressof(self._trace) + U.Trace.known.offset, 0,
                       ctypes.sizeof(self._trace.known))
-        self.recorder.pending.clear()
+        if had_hooks:  # calls still awaiting their return will never see it now
+            self._append(rawtrace.state_item(self._rom_batched))
 
-    # --- port observers (inside a run): capture now, decode in order later ---------------------
+    # --- port observers (inside a run): capture now, decode later --------------------------------
     def _read(self, addr: int, size: int) -> bytes:
         try:
             return self.machine.read_cpu(addr, size)
@@ -234,10 +243,10 @@ class VmiTracer:
             raise OSError(str(e)) from None
 
     def _on_init_port(self, m: Machine, port: int, size: int, value: int) -> bool:
+        self._rom_batched = bool(value & abi.ROM_INIT_BATCHED)
         if self.enabled:
-            self._side.append((self._trace.count, lambda: self.recorder.rom_init(value)))
-        else:
-            self.recorder.batched = bool(value & abi.ROM_INIT_BATCHED)
+            self._collect()
+            self._append(rawtrace.init_item(value))
         self._pending_base = value & ~abi.ROM_INIT_BATCHED & 0xFFFFFFFF
         m.request_service(self.service)  # hook the entries between runs
         return False
@@ -252,50 +261,42 @@ class VmiTracer:
                     if count <= abi.ROM_QUEUE_LEN else b"")
         except OSError:
             return False  # a batch header the guest unmapped: nothing to record
-
-        def apply() -> None:
-            self.recorder.flush(header, lambda _addr, n: body[:n], value)
-
-        self._side.append((self._trace.count, apply))
+        self._collect()
+        self._append(rawtrace.flush_item(value, header + body))
         return False
-
-
-def _captured(spec: abi.CallSpec, record: tuple[int, ...]) -> Callable[[int, int], bytes]:
-    """The memory read ``Recorder.call`` makes, answered from what the C hook captured."""
-    regs, mem = record[2:10], struct.pack("<2I", *record[16:18])
-    capture = Recorder.capture(spec)
-
-    def read(addr: int, size: int) -> bytes:
-        if capture is None or not record[1] & U.TRACE_MEM_OK or size > capture[1]:
-            raise OSError(f"{size} bytes at {addr:#x} were not captured")
-        loc = next(a.loc for a in spec.args if a.name == capture[0])
-        if regs[_REG_INDEX[loc]] != addr:
-            raise OSError(f"{addr:#x} is not the captured address")
-        return mem[:size]
-
-    return read
 
 
 #: Events per ``qvmigdb.events`` reply at most (about 130 bytes each as JSON).
 EVENTS_PER_REPLY = 8192
+#: Raw log bytes per ``qvmigdb.raw`` reply at most.
+RAW_PER_REPLY = 1 << 20
 
 
 def queries(tracer: VmiTracer) -> dict[bytes, Callable[[bytes], bytes]]:
-    """``qvmigdb.events:FROM,COUNT`` (hex): the events with ``seq >= FROM``, at most COUNT (and
-    EVENTS_PER_REPLY), as one JSON array in one reply, binary-escaped. The fast path's fetch:
-    ``monitor vmi trace dump`` carries the same events as console text, hex-encoded in O
-    packets and one JSON document per line, which cost more than recording them."""
+    """vmigdb's own packets, binary-escaped replies, arguments in hex:
+
+    * ``qvmigdb.raw:OFFSET,LEN``: ``BASE;`` + raw log bytes from OFFSET (BASE: the first
+      offset still kept; above OFFSET means the reader lost bytes). The fast path's fetch:
+      gdb decodes the log itself, so events never cross the wire as text;
+    * ``qvmigdb.events:FROM,COUNT``: events with ``seq >= FROM`` as one JSON array, for a
+      reader that lost raw bytes. ``monitor vmi trace dump`` carries the same events as console
+      text, hex-encoded in O packets, one JSON document per line."""
+
+    def _args(args: bytes) -> tuple[int, int]:
+        return rsp.parse_addr_len(args.removeprefix(b":"))
+
+    def raw(args: bytes) -> bytes:
+        offset, size = _args(args)
+        base, data = tracer.raw(offset, min(size, RAW_PER_REPLY))
+        return b"%x;" % base + rsp.escape_binary(data)
 
     def events(args: bytes) -> bytes:
-        try:
-            first, n = rsp.parse_addr_len(args.removeprefix(b":"))
-        except rsp.RspError:
-            return b"E01"
+        first, n = _args(args)
         chunk = tracer.dump(first, min(n, EVENTS_PER_REPLY))
         text = json.dumps([e.to_json() for e in chunk], separators=(",", ":"))
         return rsp.escape_binary(text.encode())
 
-    return {b"qvmigdb.events": events}
+    return {b"qvmigdb.raw": raw, b"qvmigdb.events": events}
 
 
 def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:

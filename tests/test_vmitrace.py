@@ -113,3 +113,51 @@ def test_ring_buffer_is_bounded_and_counts_drops(built: Built) -> None:
     assert len(t.events) == 1000
     assert t.dropped == t.status()["next_seq"] - 1000 > 0
     assert next(iter(t.events)).seq == t.dropped
+
+
+def _same_events(a: list[tr.Event], b: list[tr.Event]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, tr.RomReturn) and x.call == "RDTSC":
+            continue  # RDTSC answers with the host clock
+        assert x == y
+
+
+def test_breakpoints_on_rom_entries_do_not_record_a_call_twice(built: Built) -> None:
+    """A stop at a hooked ROM entry (a gdb breakpoint there) and the resume run the C hook
+    once: set before the tracer hooks the entry, and added after it did."""
+    calm, _ = _boot(built, "rom=copy")
+    calm_events = list(calm.events)
+    entries = {e.call: e.entry for e in calm_events if isinstance(e, tr.RomCall)}
+    m = Machine.from_files(str(built.guest), rom=str(built.rom), cmdline="rom=copy")
+    t = VmiTracer(m)
+    t.start()
+    m.add_breakpoint(entries["SetLinearMapping"])  # before the ROM is even initialised
+    hits = collections.Counter()
+    while (stop := m.run()).reason is StopReason.BREAKPOINT:
+        hits[stop.pc] += 1
+        if stop.pc == entries["SetLinearMapping"] and hits[stop.pc] == 1:
+            m.add_breakpoint(entries["SetPxE"])  # its C hook exists already
+    assert stop.reason is StopReason.EXIT and stop.exit_code == 0, stop
+    calls = collections.Counter(e.call for e in calm_events if isinstance(e, tr.RomCall))
+    assert hits[entries["SetLinearMapping"]] == calls["SetLinearMapping"] > 0
+    assert hits[entries["SetPxE"]] == calls["SetPxE"] > 100
+    _same_events(calm_events, list(t.events))
+
+
+def test_raw_log_decoded_in_pieces_gives_the_same_events(built: Built) -> None:
+    """gdb decodes the stub's raw log itself, in replies of any size: the same events, the same
+    seqs as the stub's own decode."""
+    from vmigdb.rawtrace import RawDecoder
+    from vmigdb.recorder import Recorder
+
+    t, _ = _boot(built, "rom=copy")
+    base, raw = t.raw(0, 1 << 30)
+    assert base == 0 and len(raw) > 100_000
+    rec = Recorder()
+    decoder = RawDecoder(rec)
+    for i in range(0, len(raw), 997):  # pieces that cut items and records anywhere
+        decoder.feed(raw[i:i + 997])
+    assert list(rec.events) == list(t.events)
+    t.clear()
+    assert t.raw(0, 100) == (len(raw), b"")  # a reader still at 0 learns it lost the log
