@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from vmigdb import capture, tracediff
+from vmigdb import capture, targets, tracediff
 from vmigdb import trace as tr
 from vmigdb.views.console import make_console
 
@@ -36,13 +36,13 @@ def _capture(target: str, out: Path) -> capture.Result:
 
 def main() -> int:
     console = make_console()
-    targets = ["stub"] + (["qemu"] if shutil.which(capture.QEMU) else [])
+    kinds = ["stub"] + (["qemu"] if shutil.which(targets.QEMU) else [])
     table = Table(title=f"vmigdb capture, demo guest ({CMDLINE}), whole run")
     for col in ("target", "path", "events", "ROM calls", "run time", "events/s", "vs stub"):
         table.add_column(col, justify="left" if col in ("target", "path") else "right")
     with tempfile.TemporaryDirectory(prefix="vmigdb-bench-") as d:
-        results = {t: _capture(t, Path(d) / f"{t}.jsonl") for t in targets}
-        traces = {t: tr.read_trace(Path(d) / f"{t}.jsonl").events for t in targets}
+        results = {t: _capture(t, Path(d) / f"{t}.jsonl") for t in kinds}
+        traces = {t: tr.read_trace(Path(d) / f"{t}.jsonl").events for t in kinds}
     stub = results["stub"]
     for t, r in results.items():
         ratio = f"{r.events_per_second / stub.events_per_second:.3f}x" if t != "stub" else "1x"
