@@ -41,6 +41,7 @@ _STACK_AT = 4 * (3 + len(REGS))
 _STACK_END = _STACK_AT + 24
 _ITEM = struct.Struct("<cI")
 _U32 = struct.Struct("<I")
+_MEM = struct.Struct("<2I")
 
 
 class RawTraceError(ValueError):
@@ -66,6 +67,10 @@ def flush_item(header_addr: int, batch: bytes) -> bytes:
 def captured_memory(spec: abi.CallSpec) -> tuple[int, int] | None:
     """(index in REGS of the register holding the address, bytes) that a hook must capture at
     this call for the recorder, or None. Only register-passed addresses can be captured."""
+    return _CAPTURES[spec.call]
+
+
+def _capture_for(spec: abi.CallSpec) -> tuple[int, int] | None:
     capture = Recorder.capture(spec)
     if capture is None:
         return None
@@ -83,17 +88,15 @@ def return_addresses(records: bytes) -> set[int]:
     out: set[int] = set()
     for r in RECORD.iter_unpack(records):
         if r[0] != RETURN and r[2] & STACK_OK:
-            spec = abi.CALLS.get(_call(r[0]))
+            spec = _SPECS.get(r[0])
             if spec is not None and wants_return(spec):
                 out.add(r[11])
     return out
 
 
-def _call(number: int) -> abi.VmiCall | None:
-    try:
-        return abi.VmiCall(number)
-    except ValueError:
-        return None
+#: Call specs by VMI call number, as records carry them, and what each one captures.
+_SPECS: dict[int, abi.CallSpec] = {int(call): spec for call, spec in abi.CALLS.items()}
+_CAPTURES = {call: _capture_for(spec) for call, spec in abi.CALLS.items()}
 
 
 class RawDecoder:
@@ -153,12 +156,12 @@ class RawDecoder:
             if rec.pending:
                 rec.ret(r[1], regs[4], reg)
             return
-        call = _call(r[0])
-        if call is None or call not in abi.CALLS:
+        spec = _SPECS.get(r[0])
+        if spec is None:
             raise RawTraceError(f"record of unknown VMI call {r[0]}")
-        spec = abi.CALLS[call]
+        where = captured_memory(spec)
         rec.call(spec, r[1], reg, regs[4], raw[off + _STACK_AT:off + _STACK_END],
-                 _captured_read(spec, r))
+                 _nothing_captured if where is None else _captured_read(where, r))
 
 
 def _exact(data: bytes, n: int) -> bytes:
@@ -167,13 +170,16 @@ def _exact(data: bytes, n: int) -> bytes:
     return data[:n]
 
 
-def _captured_read(spec: abi.CallSpec, r: tuple[int, ...]) -> Callable[[int, int], bytes]:
+def _nothing_captured(addr: int, size: int) -> bytes:
+    raise OSError(f"{size} bytes at {addr:#x} were not captured at the call")
+
+
+def _captured_read(where: tuple[int, int], r: tuple[int, ...]) -> Callable[[int, int], bytes]:
     """The memory read Recorder.call makes, answered from what the hook captured."""
-    where = captured_memory(spec)
 
     def read(addr: int, size: int) -> bytes:
-        if where is None or not r[2] & MEM_OK or size > where[1] or r[3 + where[0]] != addr:
-            raise OSError(f"{size} bytes at {addr:#x} were not captured at the call")
-        return struct.pack("<2I", r[17], r[18])[:size]
+        if not r[2] & MEM_OK or size > where[1] or r[3 + where[0]] != addr:
+            return _nothing_captured(addr, size)
+        return _MEM.pack(r[17], r[18])[:size]
 
     return read

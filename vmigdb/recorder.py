@@ -24,6 +24,15 @@ PENDING_LIMIT = 64
 _PTE_CALLS = {abi.VmiCall.SetPxE, abi.VmiCall.SetPxELong}
 
 Read = Callable[[int, int], bytes]
+_STACK_WORDS = struct.Struct("<6I")
+
+
+#: Per call: (name, register, stack word index or 0) per argument, worked out once.
+_ARG_PLANS: dict[abi.VmiCall, tuple[tuple[str, str, int], ...]] = {
+    call: tuple((a.name, a.loc, 1 + int(a.loc[5:]) if a.loc.startswith("stack") else 0)
+                for a in spec.args)
+    for call, spec in abi.CALLS.items()
+}
 
 
 @dataclass
@@ -92,14 +101,10 @@ class Recorder:
 
         Returns the return address whose breakpoint should be armed, or None (no return).
         """
-        words = struct.unpack_from("<6I", stack)
+        words = _STACK_WORDS.unpack_from(stack)
         ret = words[0]
-        args: dict[str, int] = {}
-        for a in spec.args:
-            if a.loc.startswith("stack"):
-                args[a.name] = words[1 + int(a.loc[5:])]
-            else:
-                args[a.name] = regs(a.loc) & 0xFFFFFFFF
+        args = {name: words[slot] if slot else regs(loc) & 0xFFFFFFFF
+                for name, loc, slot in _ARG_PLANS[spec.call]}
         seq = self.next_seq()
         self._emit(tr.RomCall(seq, call=spec.name, entry=entry,
                                       site=(ret - 5) & 0xFFFFFFFF, args=args))
