@@ -322,6 +322,7 @@ class Machine:
         self._stopped = threading.Event()
         self._interrupt_req = False
         self._sites: dict[int, _Site] = {}
+        self._idle_sites: set[int] = set()  # breakpoint removed, hook kept until a continue
         self._next_ident = 1
         self._watches: list[_Watch] = []
         self._port_observers: dict[int, list[PortObserver]] = {}
@@ -738,6 +739,7 @@ class Machine:
             self._running = True
             self._stopped.clear()
         self._step_mode = False  # Unicorn flushes the cache itself when count goes back to 0
+        self._drop_idle_sites()
         try:
             err = self._emulate(self.reg_read("eip"), count=0)
         finally:
@@ -827,12 +829,24 @@ class Machine:
     # --- break-, watchpoints and hooks -------------------------------------------------------------
     def add_breakpoint(self, va: int) -> None:
         self._site(va).breakpoint = True
+        self._idle_sites.discard(va & 0xFFFFFFFF)
 
     def remove_breakpoint(self, va: int) -> None:
+        """gdb removes every breakpoint at each stop and inserts them again before it resumes:
+        a hook left with nothing to do stays until the next continue, so that cycle costs no
+        hook_del/hook_add and no retranslation (a step over it runs its callback once)."""
         site = self._sites.get(va)
         if site is not None:
             site.breakpoint = False
-            self._maybe_drop_site(va, site)
+            if not site.hooks:
+                self._idle_sites.add(va)
+
+    def _drop_idle_sites(self) -> None:
+        for va in self._idle_sites:
+            site = self._sites.get(va)
+            if site is not None:
+                self._maybe_drop_site(va, site)
+        self._idle_sites.clear()
 
     def add_code_hook(self, va: int, hook: CodeHook) -> object:
         """A per-address hook (never a whole-range one); returns a handle for remove_code_hook."""

@@ -273,6 +273,25 @@ def test_breakpoint_hit_resume_and_remove(progs):
     assert m.run().reason is StopReason.EXIT
 
 
+def test_gdbs_remove_step_insert_cycle(progs):
+    """What gdb does at every breakpoint it continues from: remove all, step off, insert
+    again, continue. The hook of a removed breakpoint stays idle meanwhile: it must neither stop
+    the step nor survive as a breakpoint once removed for good."""
+    m = boot(progs, "basic")
+    sym = symbols(progs["basic"])
+    top = sym["loop_top"]
+    m.add_breakpoint(top)
+    assert m.run().pc == top
+    for ecx in (2,):
+        m.remove_breakpoint(top)
+        assert m.step().reason is StopReason.STEP
+        m.add_breakpoint(top)
+        stop = m.run()
+        assert (stop.reason, stop.pc, m.reg_read("ecx")) == (StopReason.BREAKPOINT, top, ecx)
+    m.remove_breakpoint(top)
+    assert m.run().reason is StopReason.EXIT  # the loop passes top once more (ecx 1)
+
+
 def test_breakpoint_at_the_resume_pc_is_skipped_once(progs):
     m = boot(progs, "basic")
     sym = symbols(progs["basic"])
