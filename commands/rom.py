@@ -55,15 +55,12 @@ Example: vmi rom        vmi rom 0xc00c0000        vmi rom vmi.base --insns 8"""
         signatures = (f"signatures: {rom.image[0]:02x} {rom.image[1]:02x} (option ROM), "
                       f"{sig!r} (VMI) at {rom.address:#x}")
         notes = [signatures]
-        if not rom.info.checksum_ok:
-            notes.append("checksum of the live image is not 0: a ROM running from RAM keeps its "
-                         "writable state inside the image")
         for what, addrs in ann.items():
             if addrs:
                 notes.append(f"{what} announcement (out on port "
                              f"{abi.ROM_FLUSH_PORT if what == 'flush' else abi.ROM_INIT_PORT:#x})"
                              f" at {', '.join(f'{a:#x}' for a in addrs)}")
-        header = render_rom(rom.info).renderables[0]
+        header = render_rom(rom.info, live_copy=rom.how.startswith("copy in RAM")).renderables[0]
         parts = [render_locations([(r.address, r.how, r.phys, r.active) for r in roms]),
                  header]
         if rom.info.call_table:

@@ -109,6 +109,7 @@ def test_rom_sites_decode_pte_and_usage(built: Built, qemu_copy: Target) -> None
     assert re.search(r"API version\s+3\.0", rom) and re.search(r"ROM version\s+\d+\.\d+", rom)
     assert "'GPL v2'" in rom and "15ad:0801" in rom
     assert f"{base:#x}" in rom and "copy in RAM (the guest's vmi.base)" in rom
+    assert "BAD" not in rom and re.search(r"checksum\s+(ok|live copy)", rom)
     assert "in place (Linux's scan through PAGE_OFFSET + phys)" in rom and "0xc00c0000" in rom
     assert rom.count("CALL_REL") == len(abi.IDENTITY_ROM_CALLS)
     for call, off in info.call_table.items():

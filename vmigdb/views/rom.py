@@ -23,11 +23,17 @@ def _offset(value: int | None) -> str:
     return f"{value:#06x}" if value else "-"
 
 
-def _header_table(info: RomInfo) -> Table:
+def _header_table(info: RomInfo, live_copy: bool) -> Table:
     t = Table(title="VMI ROM", show_header=False, box=None, pad_edge=False)
     t.add_column("field", style="bold")
     t.add_column("value")
-    sums = "ok (sums to 0)" if info.checksum_ok else f"BAD (sums to {info.checksum:#04x})"
+    if info.checksum_ok:
+        sums = "ok (sums to 0)"
+    elif live_copy:
+        sums = (f"live copy (sums to {info.checksum:#04x}: a ROM running from RAM keeps its "
+                "writable state inside the image)")
+    else:
+        sums = f"BAD (sums to {info.checksum:#04x})"
     base_class = _PCI_BASE_CLASSES.get(info.pci_class >> 16)
     pci_at = _offset(info.pci_header_offs)
     pci_class = f"class {info.pci_class:06x}" + (f" ({base_class})" if base_class else "")
@@ -70,9 +76,10 @@ def _call_table(info: RomInfo) -> Table:
     return t
 
 
-def render_rom(info: RomInfo) -> RenderableType:
-    """The header fields and, for a vmigdb ROM, every call with its entry and native meaning."""
-    parts: list[RenderableType] = [_header_table(info)]
+def render_rom(info: RomInfo, live_copy: bool = False) -> RenderableType:
+    """The header fields and, for a vmigdb ROM, every call with its entry and native meaning.
+    ``live_copy``: the image was read from a copy the guest runs, whose sum is not 0."""
+    parts: list[RenderableType] = [_header_table(info, live_copy)]
     if info.call_table:
         parts.append(_call_table(info))
     else:
