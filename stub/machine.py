@@ -323,6 +323,10 @@ class Machine:
         self._interrupt_req = False
         self._sites: dict[int, _Site] = {}
         self._idle_sites: set[int] = set()  # breakpoint removed, hook kept until a continue
+        # Page translations while the CPU is stopped (gdb reads the same pages many times per
+        # stop); dropped whenever the CPU runs or the debugger writes registers or memory.
+        self._xlate: dict[int, int | None] = {}
+        self._in_emu = False
         self._next_ident = 1
         self._watches: list[_Watch] = []
         self._port_observers: dict[int, list[PortObserver]] = {}
@@ -363,6 +367,7 @@ class Machine:
         """Back to the multiboot entry state with RAM reloaded (monitor ``reset``)."""
         uc = self.uc
         self._init_state()
+        self._xlate.clear()
         zero = bytes(1 << 20)
         for base in range(0, ROM_BASE, len(zero)):
             uc.mem_write(base, zero[:min(len(zero), ROM_BASE - base)])
@@ -456,6 +461,7 @@ class Machine:
     def reg_write(self, name: str, value: int) -> None:
         """A segment selector write reloads the hidden descriptor; a CR write changes paging."""
         uc = self.uc
+        self._xlate.clear()
         value &= 0xFFFFFFFF if not name.startswith(("st", "xmm")) else (1 << 128) - 1
         if name == "eip":
             self.uc_set_eip(value)
@@ -580,6 +586,7 @@ class Machine:
                 raise MemoryFault(va)
             targets.append((pa, data[off:off + n]))
             off += n
+        self._xlate.clear()  # the write may change a page table
         for pa, chunk in targets:
             self.uc.mem_write(pa, chunk)  # host writes ignore protection: ROM too
         if data:
@@ -595,6 +602,7 @@ class Machine:
                 return False
             targets.append((pa, data[off:off + n]))
             off += n
+        self._xlate.clear()
         for pa, chunk in targets:
             self.uc.mem_write(pa, chunk)
         return True
@@ -607,6 +615,7 @@ class Machine:
     def write_phys(self, addr: int, data: bytes) -> None:
         if not self._is_backed(addr, len(data)):
             raise MemoryFault(addr)
+        self._xlate.clear()  # the write may change a page table
         self.uc.mem_write(addr, data)
         if self.reg_read("cr0") & 0x80000000:
             self.uc.ctl_flush_tb()  # the code's virtual address is unknown: drop everything
@@ -622,6 +631,15 @@ class Machine:
         A walk of the tables in memory, as QEMU's gdbstub does, not Unicorn's TLB: after a guest
         changes a PTE without invlpg the debugger already sees the new mapping."""
         va &= 0xFFFFFFFF
+        if self._in_emu:  # a hook: the guest may have changed its tables since the last one
+            return self._translate(va)
+        page, offset = va & ~(PAGE - 1), va & (PAGE - 1)
+        if page not in self._xlate:
+            self._xlate[page] = self._translate(page)
+        pa = self._xlate[page]
+        return None if pa is None else pa + offset
+
+    def _translate(self, va: int) -> int | None:
         if not self.uc.reg_read(X.UC_X86_REG_CR0) & 0x80000000:
             return va
         return self._walk(va)
@@ -776,10 +794,14 @@ class Machine:
         self._watch_hit = None
         self._start_pc = pc if pc in self._sites else None
         self._ctx.clear_old_exception()
+        self._xlate.clear()
+        self._in_emu = True
         try:
             self.uc.emu_start(pc, UNTIL, 0, count)
         except UcError as e:
             return e
+        finally:
+            self._in_emu = False
         return None
 
     def _classify(self, err: UcError | None, stepping: bool) -> Stop | None:

@@ -243,6 +243,33 @@ def test_virtual_memory_through_the_guest_page_tables(progs):
         m.read_phys(0x7F00000, 4)  # beyond RAM
 
 
+def test_translations_follow_every_change_while_stopped(progs):
+    """Translations are cached while the CPU is stopped (gdb reads a page many times per stop):
+    a debugger write to a PTE or to CR0, and the guest running, must each be seen at once."""
+    from vmigdb import pagetable
+
+    m = boot(progs, "faults")
+    sym = symbols(progs["faults"])
+    m.add_breakpoint(sym["paging_on"])
+    assert m.run().reason is StopReason.BREAKPOINT
+    assert m.translate(0xC0000000) == 0x210000
+    mode = pagetable.Mode.from_regs(m.reg_read("cr3"), m.reg_read("cr4"))
+    _level, pte_addr, pte = pagetable.walk(m.read_phys, mode, 0xC0000000).entries[-1]
+    m.write_phys(pte_addr, struct.pack("<I", (pte & 0xFFF) | 0x230000))
+    assert m.translate(0xC0000010) == 0x230010
+    m.write_virt(0xC0000000, b"abcd")  # lands in the page the PTE names now
+    assert m.read_phys(0x230000, 4) == b"abcd"
+    m.write_phys(pte_addr, struct.pack("<I", pte & ~1))  # not present
+    assert m.translate(0xC0000000) is None
+    m.write_phys(pte_addr, struct.pack("<I", pte))
+    cr0 = m.reg_read("cr0")
+    assert m.translate(0xC0000000) == 0x210000
+    m.reg_write("cr0", cr0 & ~pagetable.CR0_PG)
+    assert m.translate(0xC0000000) == 0xC0000000  # paging off: identity
+    m.reg_write("cr0", cr0)
+    assert m.translate(0xC0000000) == 0x210000
+
+
 def test_debugger_write_to_code_takes_effect(progs):
     """Host writes never invalidate translated code by themselves."""
     m = boot(progs, "spin")
