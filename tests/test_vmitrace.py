@@ -161,3 +161,24 @@ def test_raw_log_decoded_in_pieces_gives_the_same_events(built: Built) -> None:
     assert list(rec.events) == list(t.events)
     t.clear()
     assert t.raw(0, 100) == (len(raw), b"")  # a reader still at 0 learns it lost the log
+
+
+def test_trace_packets_answer_and_refuse(built: Built) -> None:
+    """qvmigdb.raw and qvmigdb.events as the server calls them: bad arguments are RspError
+    (the server answers E01), a reader past the end gets an empty piece."""
+    from vmigdb.stub import rsp
+    from vmigdb.stub.vmitrace import queries
+
+    t, _ = _boot(built, "rom=copy")
+    q = queries(t)
+    _, raw = t.raw(0, 1 << 30)
+    reply = q[b"qvmigdb.raw"](b":0,100")
+    head, _, data = reply.partition(b";")
+    assert head == b"0" and rsp.unescape(data) == raw[:0x100]
+    assert q[b"qvmigdb.raw"](b":%x,10" % (1 << 40)) == b"0;"
+    events = q[b"qvmigdb.events"](b":0,2")
+    assert rsp.unescape(events).startswith(b'[{"seq":0,') and events.count(b'"seq"') == 2
+    for bad in (b":zz,1", b":1", b"", b":-1,4"):
+        for name in (b"qvmigdb.raw", b"qvmigdb.events"):
+            with pytest.raises(rsp.RspError):
+                q[name](bad)
