@@ -11,7 +11,7 @@ parameters BENCH_STEPS, BENCH_HITS, BENCH_BUDGET (seconds a counted loop may tak
 stops early and reports how far it got; continue itself cannot be bounded here).
 
 Tasks:
-* ``stepi``: BENCH_STEPS x ``stepi`` from the entry -> steps, seconds;
+* ``stepi``: BENCH_STEPS x ``stepi`` from the entry -> steps, seconds, gdb's own CPU seconds;
 * ``cont``: continue to ``bench_spin_done`` (the spin loop) -> seconds; then one 1 MiB
   ``read_memory`` at 0x100000 -> seconds;
 * ``stepcont``: continue to ``bench_spin_loop``, BENCH_STEPS x ``stepi`` in the loop (so its
@@ -54,15 +54,23 @@ def _continue_to(addr: int) -> float:
     return dt
 
 
-def _stepi(n: int, budget: float) -> tuple[int, float]:
+def _cpu() -> float:
+    """gdb's own CPU time (user + system, all its threads) so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _stepi(n: int, budget: float) -> tuple[int, float, float]:
+    """(steps, wall seconds, gdb's own CPU seconds)."""
     done = 0
+    c0 = _cpu()
     t0 = time.perf_counter()
     while done < n:
         gdb.execute("stepi", to_string=True)
         done += 1
         if done % 50 == 0 and time.perf_counter() - t0 > budget:
             break
-    return done, time.perf_counter() - t0
+    return done, time.perf_counter() - t0, _cpu() - c0
 
 
 def _to_entry(entry: int) -> None:
@@ -87,8 +95,9 @@ def run(env: dict[str, str]) -> dict[str, object]:
     _to_entry(int(env["BENCH_ENTRY"], 0))
     res: dict[str, object] = {"task": task}
     if task == "stepi":
-        done, dt = _stepi(steps, budget)
-        res.update(steps=done, seconds=dt, pc=_pc(), ecx=int(gdb.parse_and_eval("$ecx")))
+        done, dt, cpu = _stepi(steps, budget)
+        res.update(steps=done, seconds=dt, gdb_cpu=cpu, pc=_pc(),
+                   ecx=int(gdb.parse_and_eval("$ecx")))
     elif task == "cont":
         res["seconds"] = _continue_to(_symbol("bench_spin_done"))
         t0 = time.perf_counter()
@@ -99,7 +108,7 @@ def run(env: dict[str, str]) -> dict[str, object]:
         res["mem_bytes"] = MEM_SIZE
     elif task == "stepcont":
         _continue_to(_symbol("bench_spin_loop"))
-        done, _dt = _stepi(steps, budget)
+        done, _dt, _cpu_s = _stepi(steps, budget)
         if done < steps:
             raise RuntimeError(f"only {done} stepi in {budget:.0f} s")
         res.update(steps=done, seconds=_continue_to(_symbol("bench_spin_done")))

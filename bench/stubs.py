@@ -22,6 +22,8 @@ slows every later run down (gdb-remote-protocol.md §3.2). A peer that fails sho
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "build" / "guest.elf"
 ROM = ROOT / "build" / "vmi_rom.bin"
 
+#: What gdb 13 sends per stepi to our stub (vCont;s, m pc,1, qXfer:threads, m pc,1).
+STEPI_PACKETS = 4
 SPIN = 50_000_000  # loop iterations: with 2 instructions each, ~100 M instructions
 STEPS = 2000
 STEPS_BEFORE_CONT = 1000
@@ -208,6 +212,38 @@ def raw_run(g: Guest, spin: str) -> float:
     return dt
 
 
+_ECHO = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while (d := s.recv(4096)):
+    s.sendall(d)
+"""
+
+
+def loopback_round_trip(n: int = 2000) -> float:
+    """Seconds per round trip of a small packet between two processes over loopback TCP (an
+    echo in a child Python): what any stub pays per packet before doing any work."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        child = subprocess.Popen([sys.executable, "-c", _ECHO, str(srv.getsockname()[1])])
+        try:
+            conn, _ = srv.accept()
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                msg = b"$m1052ea,1#58"
+                best = float("inf")
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        conn.sendall(msg)
+                        conn.recv(4096)
+                    best = min(best, (time.perf_counter() - t0) / n)
+        finally:
+            child.kill()
+            child.wait()
+    return best
+
+
 def row_raw(g: Guest, times: list[float], error: str | None) -> Cell:
     if not times:
         return Cell(f"failed: {error}")
@@ -357,6 +393,18 @@ def measure(g: Guest) -> tuple[Table, list[str]]:
                       _ratio(ours, cells.get("udbserver", Cell("-"))), target)
 
     ends = {p: c.data for p, c in stepi.items() if c.data}
+    split = {p: (1e6 * float(d["seconds"]) / int(d["steps"]),
+                 1e6 * float(d["gdb_cpu"]) / int(d["steps"])) for p, d in ends.items()}
+    if split:
+        notes.append("per stepi, wall = gdb's own CPU + the rest (stub and transport): " + ", ".join(
+            f"{p} {wall:.0f} = {cpu:.0f} + {wall - cpu:.0f} us" for p, (wall, cpu) in split.items()))
+    if "ours" in split and "QEMU" in split:
+        budget = split["QEMU"][0] / 2 - split["ours"][1]
+        bare = loopback_round_trip() * 1e6
+        notes.append(f"2x QEMU's stepi rate leaves our stub and its {STEPI_PACKETS} round trips "
+                     f"per stepi {budget:.0f} us ({budget / STEPI_PACKETS:.0f} us each) once gdb "
+                     f"has had its CPU; a bare loopback round trip between two processes here "
+                     f"takes {bare:.0f} us")
     if ends:
         notes.append("end of stepi (pc, ecx): " + ", ".join(
             f"{p} {int(d['pc']):#x} {int(d['ecx']):#x}" for p, d in ends.items()))
