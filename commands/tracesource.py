@@ -13,6 +13,7 @@ connection stay readable (``vmi trace save`` after QEMU exited).
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -178,8 +179,12 @@ class StubSource:
             if base > self._offset:
                 return False  # the stub dropped bytes we had not read
             try:
+                inflate = zlib.decompressobj()
+                data = inflate.decompress(data, RAW_CHUNK)  # never more than we asked for
+                if inflate.unconsumed_tail or not inflate.eof:
+                    raise ValueError("the reply is longer than asked, or cut")
                 self._decoder.feed(data)
-            except ValueError as e:
+            except (zlib.error, ValueError) as e:
                 raise VmiError(f"the stub sent a bad raw trace: {e}") from None
             self._offset += len(data)
             self._events.extend(self._recorder.events)

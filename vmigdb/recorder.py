@@ -22,6 +22,9 @@ from vmigdb import trace as tr
 #: How many calls may wait for their return (a call that never returns, like IRET, is dropped).
 PENDING_LIMIT = 64
 _PTE_CALLS = {abi.VmiCall.SetPxE, abi.VmiCall.SetPxELong}
+_SIDE_EFFECT_CALLS = {abi.VmiCall.SetLazyMode, *_PTE_CALLS}
+#: Call names as events spell them (an enum's .name is a descriptor call each time).
+_CALL_NAMES = {call: call.name for call in abi.VmiCall}
 
 Read = Callable[[int, int], bytes]
 _STACK_WORDS = struct.Struct("<6I")
@@ -101,14 +104,17 @@ class Recorder:
 
         Returns the return address whose breakpoint should be armed, or None (no return).
         """
+        call = spec.call
         words = _STACK_WORDS.unpack_from(stack)
         ret = words[0]
         args = {name: words[slot] if slot else regs(loc) & 0xFFFFFFFF
-                for name, loc, slot in _ARG_PLANS[spec.call]}
-        seq = self.next_seq()
-        self._emit(tr.RomCall(seq, call=spec.name, entry=entry,
-                                      site=(ret - 5) & 0xFFFFFFFF, args=args))
-        self._side_effects(spec.call, args, read)
+                for name, loc, slot in _ARG_PLANS[call]}
+        seq = self._seq
+        self._seq = seq + 1
+        self._emit(tr.RomCall(seq, call=_CALL_NAMES[call], entry=entry,
+                              site=(ret - 5) & 0xFFFFFFFF, args=args))
+        if call in _SIDE_EFFECT_CALLS:
+            self._side_effects(call, args, read)
         if not spec.returns or not spec.results:
             # Only calls with result registers get a return event: the others have nothing to
             # report there, and skipping them halves the hooks (most calls are SetPxE).
@@ -125,7 +131,7 @@ class Recorder:
                 del self.pending[i:]
                 spec = abi.CALLS[p.call]
                 results = {r: regs(r) & 0xFFFFFFFF for r in spec.results}
-                e = tr.RomReturn(self.next_seq(), call_seq=p.seq, call=spec.name,
+                e = tr.RomReturn(self.next_seq(), call_seq=p.seq, call=_CALL_NAMES[p.call],
                                  results=results)
                 self._emit(e)
                 return e
