@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -88,54 +89,40 @@ print("@@" + json.dumps(pairs))
 """
 
 
-def paired_runs(pairs: int) -> list[dict[str, float]]:
-    """``pairs`` (untraced, fast-path traced) runs in one session on our stub."""
+def _in_gdb(kind: str, script: str, first: str, what: str, **env: str) -> Any:
+    """Start ``kind``'s target on the demo guest, run ``script`` in ``gdb -x vmigdb.py`` after
+    ``first`` and a breakpoint on guest_exit; the JSON the script printed after ``@@``."""
     with tempfile.TemporaryDirectory(prefix="vmigdb-bench-") as d:
         tmp = Path(d)
-        script = tmp / "paired.py"
-        script.write_text(_PAIRED)
-        target = targets.start_stub(GUEST, ROM, "rom=copy", tmp)
-        try:
-            r = subprocess.run(
-                [GDB, "-nx", "-batch", "-x", str(LOADER), "-ex", f"file {GUEST}",
-                 "-ex", f"target remote 127.0.0.1:{target.port}",
-                 "-ex", "break guest_exit", "-ex", f"source {script}"],
-                capture_output=True, text=True, timeout=600, check=False,
-                env={**os.environ, "NO_COLOR": "1", "VMIGDB_PAIRS": str(pairs)})
-        finally:
-            target.stop()
-    m = re.search(r"^@@(\[.*\])$", r.stdout, re.MULTILINE)
-    if not m:
-        raise RuntimeError(f"gdb (paired runs) gave no result:\n{r.stdout[-2000:]}"
-                           f"{r.stderr[-2000:]}")
-    return json.loads(m[1])
-
-
-def trace_run(kind: str, mode: str) -> dict[str, float]:
-    """One whole run on ``kind`` ('stub' or 'qemu'), traced by ``mode`` ('fast', 'portable'
-    or '' for no trace: the guest's own run time); events, calls, seconds."""
-    with tempfile.TemporaryDirectory(prefix="vmigdb-bench-") as d:
-        tmp = Path(d)
-        script = tmp / "timed.py"
-        script.write_text(_TIMED)
+        path = tmp / "bench_script.py"
+        path.write_text(script)
         start = targets.start_stub if kind == "stub" else targets.start_qemu
         target = start(GUEST, ROM, "rom=copy", tmp)
         try:
             r = subprocess.run(
                 [GDB, "-nx", "-batch", "-x", str(LOADER), "-ex", f"file {GUEST}",
-                 "-ex", f"target remote 127.0.0.1:{target.port}",
-                 "-ex", {"fast": "vmi trace start", "portable": "vmi trace start --portable",
-                         "": "echo"}[mode],
-                 "-ex", "break guest_exit", "-ex", f"source {script}"],
+                 "-ex", f"target remote 127.0.0.1:{target.port}", "-ex", first,
+                 "-ex", "break guest_exit", "-ex", f"source {path}"],
                 capture_output=True, text=True, timeout=600, check=False,
-                env={**os.environ, "NO_COLOR": "1"})
+                env={**os.environ, "NO_COLOR": "1", **env})
         finally:
             target.stop()
-    m = re.search(r"^@@(\{.*\})$", r.stdout, re.MULTILINE)
+    m = re.search(r"^@@(.*)$", r.stdout, re.MULTILINE)
     if not m:
-        raise RuntimeError(f"gdb ({kind}, {mode or 'untraced'}) gave no result:\n"
-                           f"{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        raise RuntimeError(f"gdb ({what}) gave no result:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
     return json.loads(m[1])
+
+
+def paired_runs(pairs: int) -> list[dict[str, float]]:
+    """``pairs`` (untraced, fast-path traced) runs in one session on our stub."""
+    return _in_gdb("stub", _PAIRED, "echo", "paired runs", VMIGDB_PAIRS=str(pairs))
+
+
+def trace_run(kind: str, mode: str) -> dict[str, float]:
+    """One whole run on ``kind`` ('stub' or 'qemu'), traced by ``mode`` ('fast', 'portable'
+    or '' for no trace: the guest's own run time); events, calls, seconds."""
+    first = {"fast": "vmi trace start", "portable": "vmi trace start --portable", "": "echo"}
+    return _in_gdb(kind, _TIMED, first[mode], f"{kind}, {mode or 'untraced'}")
 
 
 def load_time(repeat: int = REPEAT) -> tuple[float, float]:
