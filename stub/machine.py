@@ -168,7 +168,8 @@ _GPR32 = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
 _SEGMENTS = {"cs", "ss", "ds", "es", "fs", "gs"}
 _TABLES = {"gdtr": X.UC_X86_REG_GDTR, "idtr": X.UC_X86_REG_IDTR, "ldtr": X.UC_X86_REG_LDTR,
            "tr": X.UC_X86_REG_TR}
-#: register_file(): what one raw batch read holds, as (name, byte offset, size or "mmr").
+#: register_file(): what one raw batch read holds, as (name, byte offset, bytes or "mmr"
+#: for a descriptor-table register or "fp" for a physical x87 register).
 _FILE_IDS: tuple[int, ...] = (
     *_GPR32.values(), *(_SIMPLE[n] for n in _SIMPLE if n not in _GPR32),
     *(getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)), *_TABLES.values())
@@ -406,8 +407,9 @@ class Machine:
     # --- registers and memory ------------------------------------------------------------------
     def register_file(self) -> dict[str, int]:
         """The registers of gdb's ``g`` packet (``reg_read`` names, plus ldtr/tr base and limit)
-        from one libunicorn call and one MSR read: gdb's ``g`` packet asks for all of them whenever the expedited three are not
-        enough, and reading them one by one through the binding cost ~0.5 ms."""
+        from one libunicorn call and one MSR read: gdb asks for all of them whenever the three
+        expedited ones are not enough, and reading them one by one through the binding cost
+        ~0.5 ms."""
         raw = self._file_reader()
         out: dict[str, int] = {}
         for name, off, kind in _FILE_PLAN:
