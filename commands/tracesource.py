@@ -26,6 +26,7 @@ from vmigdb.commands.portable import PortableTracer
 from vmigdb.errors import VmiError
 from vmigdb.rawtrace import RawDecoder
 from vmigdb.recorder import Recorder
+from vmigdb.stub import rsp
 
 #: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
 DUMP_CHUNK = 2000
@@ -33,15 +34,6 @@ DUMP_CHUNK = 2000
 PACKET_CHUNK = 8192
 #: Raw log bytes asked for per ``qvmigdb.raw`` (a shorter reply is the end of the log).
 RAW_CHUNK = 1 << 20
-
-
-def _unescape_binary(data: bytes) -> bytes:
-    """Undo the remote protocol's binary escapes (``}`` + byte ^ 0x20): gdb hands a reply to
-    ``send_packet`` as it came. Every ``}`` starts an escape and never ends one, so replacing
-    each escape pair, the ``}`` one last, is exact."""
-    for byte in (b"#", b"$", b"*", b"}"):
-        data = data.replace(b"}" + bytes((byte[0] ^ 0x20,)), byte)
-    return data
 
 
 class TraceSource(Protocol):
@@ -161,7 +153,7 @@ class StubSource:
             return None
         if reply[:1] == b"E" and len(reply) == 3:
             raise VmiError(f"the stub refused {packet.partition(':')[0]} ({reply.decode()})")
-        return _unescape_binary(reply)
+        return rsp.unescape_binary(reply)
 
     def _fetch_raw(self) -> bool:
         """Decode the stub's raw log from where we stopped; False if that is not possible."""

@@ -66,6 +66,15 @@ def escape_binary(data: bytes) -> bytes:
     return data
 
 
+def unescape_binary(data: bytes) -> bytes:
+    """The inverse of ``escape_binary`` for a reply gdb hands over as it came
+    (``send_packet``), which has no run-length encoding: every ``}`` starts an escape and never
+    ends one, so replacing each escape pair, the ``}`` one last, is exact and stays in C."""
+    for byte in reversed(_ESCAPE_ORDER):
+        data = data.replace(b"}" + bytes((byte[0] ^ 0x20,)), byte)
+    return data
+
+
 def unescape(raw: bytes) -> bytes:
     """Undo ``}`` escapes and expand ``*`` run-length encoding (count char - 29 repeats).
 

@@ -74,6 +74,14 @@ def test_escape_binary_round_trips_and_never_emits_specials() -> None:
     assert not any(c in esc for c in b"$#*") and rsp.unescape(esc) == data
 
 
+@given(st.binary(max_size=300))
+def test_unescape_binary_inverts_escape_binary(data: bytes) -> None:
+    """What gdb's send_packet hands back is undone by replacements alone (the fast path's
+    fetch), and agrees with the general unescape."""
+    esc = rsp.escape_binary(data)
+    assert rsp.unescape_binary(esc) == data == rsp.unescape(esc)
+
+
 def test_hex_helpers() -> None:
     assert rsp.hex_encode(b"\x01\xab") == b"01ab"
     assert rsp.hex_decode(b"01AB") == b"\x01\xab"
