@@ -60,13 +60,14 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-def _stepi(n: int, budget: float) -> tuple[int, float, float]:
-    """(steps, wall seconds, gdb's own CPU seconds)."""
+def _repeat(command: str, n: int, budget: float) -> tuple[int, float, float]:
+    """``command`` n times, or fewer once ``budget`` seconds passed: (times run, wall seconds,
+    gdb's own CPU seconds)."""
     done = 0
     c0 = _cpu()
     t0 = time.perf_counter()
     while done < n:
-        gdb.execute("stepi", to_string=True)
+        gdb.execute(command, to_string=True)
         done += 1
         if done % 50 == 0 and time.perf_counter() - t0 > budget:
             break
@@ -95,7 +96,7 @@ def run(env: dict[str, str]) -> dict[str, object]:
     _to_entry(int(env["BENCH_ENTRY"], 0))
     res: dict[str, object] = {"task": task}
     if task == "stepi":
-        done, dt, cpu = _stepi(steps, budget)
+        done, dt, cpu = _repeat("stepi", steps, budget)
         res.update(steps=done, seconds=dt, gdb_cpu=cpu, pc=_pc(),
                    ecx=int(gdb.parse_and_eval("$ecx")))
     elif task == "cont":
@@ -108,7 +109,7 @@ def run(env: dict[str, str]) -> dict[str, object]:
         res["mem_bytes"] = MEM_SIZE
     elif task == "stepcont":
         _continue_to(_symbol("bench_spin_loop"))
-        done, _dt, _cpu_s = _stepi(steps, budget)
+        done, _dt, _cpu_s = _repeat("stepi", steps, budget)
         if done < steps:
             raise RuntimeError(f"only {done} stepi in {budget:.0f} s")
         res.update(steps=done, seconds=_continue_to(_symbol("bench_spin_done")))
@@ -117,14 +118,7 @@ def run(env: dict[str, str]) -> dict[str, object]:
         loop = _symbol("bench_spin_loop")
         gdb.execute(f"break *{loop:#x}", to_string=True)
         gdb.execute("continue", to_string=True)  # the first arrival is not timed
-        done = 0
-        t0 = time.perf_counter()
-        while done < hits:
-            gdb.execute("continue", to_string=True)
-            done += 1
-            if done % 50 == 0 and time.perf_counter() - t0 > budget:
-                break
-        dt = time.perf_counter() - t0
+        done, dt, _cpu_s = _repeat("continue", hits, budget)
         if _pc() != loop:
             raise RuntimeError(f"stopped at {_pc():#x}, not at bench_spin_loop")
         res.update(hits=done, seconds=dt, eax=int(gdb.parse_and_eval("$eax")))

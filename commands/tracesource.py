@@ -3,9 +3,9 @@
 Both give ``vmigdb.trace`` events with the same fields, so every view works on either. The stub
 is recognised by answering ``monitor vmi trace status`` with a JSON object; its events are
 fetched as the stub's raw log (``qvmigdb.raw``) and decoded here, by the rules the portable path
-uses (``vmigdb.rawtrace``); from the stub's own decoded events (``qvmigdb.events``, or ``monitor
-vmi trace dump`` when gdb lacks ``send_packet``) when that is not possible. They are cached here,
-so each view only asks for what it has not seen. Any other target gets the portable tracer.
+uses (``vmigdb.rawtrace``); as the stub's own decoded events (``monitor vmi trace dump``) when
+that is not possible (a gdb without ``send_packet``, or a log the stub dropped before we read
+it). They are cached here, so each view only asks for what it has not seen. Any other target gets the portable tracer.
 One source per gdb connection: reconnecting starts afresh, while the events of a closed
 connection stay readable (``vmi trace save`` after QEMU exited).
 """
@@ -30,8 +30,6 @@ from vmigdb.stub import rsp
 
 #: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
 DUMP_CHUNK = 2000
-#: Events asked for per ``qvmigdb.events`` (the stub may send fewer; an empty array ends).
-PACKET_CHUNK = 8192
 #: Raw log bytes asked for per ``qvmigdb.raw`` (a shorter reply is the end of the log).
 RAW_CHUNK = 1 << 20
 
@@ -125,11 +123,9 @@ class StubSource:
             self._raw = self._fetch_raw()
             if self._raw:
                 return self._events
-        while True:
+        while True:  # the stub's own decoded events, as console text
             start = self._events[-1].seq + 1 if self._events else 0
-            got = self._fetch_packet(start)
-            if got is None:  # a gdb without send_packet, or a stub without the packet
-                got = self._fetch_monitor(start)
+            got = self._fetch_monitor(start)
             try:
                 self._events.extend(tr.event_from_json(d) for d in got)
             except ValueError as e:
@@ -183,20 +179,6 @@ class StubSource:
             self._recorder.events.clear()
             if len(data) < RAW_CHUNK:
                 return True
-
-    def _fetch_packet(self, start: int) -> list[object] | None:
-        """Events from ``start`` by ``qvmigdb.events``: one JSON array per reply, straight from
-        the packet (no console text, no hex)."""
-        reply = self._send(f"qvmigdb.events:{start:x},{PACKET_CHUNK:x}")
-        if reply is None:
-            return None
-        try:
-            value = json.loads(reply)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise VmiError(f"the stub sent a bad trace reply: {e}") from None
-        if not isinstance(value, list):
-            raise VmiError("the stub sent a bad trace reply: not a JSON array")
-        return value
 
     def _fetch_monitor(self, start: int) -> list[object]:
         text = _monitor(f"vmi trace dump {start} {DUMP_CHUNK}")

@@ -544,16 +544,6 @@ class Machine:
             out.append(bytes(self.uc.mem_read(pa, n)))
         return b"".join(out)
 
-    def reg_reader(self, names: tuple[str, ...]) -> Callable[[], dict[str, int]]:
-        """A function that reads these general registers at once, as a dict: for hooks, where
-        one libunicorn call instead of one per register is most of the tracer's saving."""
-        read = uc_ctypes.batch_reader(self.uc, tuple(_GPR32[n] for n in names))
-
-        def reader() -> dict[str, int]:
-            return dict(zip(names, read(), strict=True))
-
-        return reader
-
     def read_cpu(self, addr: int, size: int) -> bytes:
         """Read as the CPU would now, through Unicorn's TLB: for hooks (the tracer, exception
         delivery), where this is both right and several times cheaper than a table walk."""

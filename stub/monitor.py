@@ -222,20 +222,22 @@ def cmd_info_registers(ctx: MonitorContext, args: str) -> None:
     ctx.write(render_registers(ctx.machine))
 
 
-def cmd_info_mem(ctx: MonitorContext, args: str) -> None:
+def _render_mappings(ctx: MonitorContext, render: Callable[[list], str]) -> None:
+    """QEMU's answer to ``info mem``/``info tlb`` with paging off, else ``render`` of every
+    mapping."""
     mode = _paging_mode(ctx.machine)
     if mode is None:
         ctx.write("PG disabled\n")
         return
-    ctx.write(pagetable.render_info_mem(pagetable.mappings(_safe_read_phys(ctx.machine), mode)))
+    ctx.write(render(pagetable.mappings(_safe_read_phys(ctx.machine), mode)))
+
+
+def cmd_info_mem(ctx: MonitorContext, args: str) -> None:
+    _render_mappings(ctx, pagetable.render_info_mem)
 
 
 def cmd_info_tlb(ctx: MonitorContext, args: str) -> None:
-    mode = _paging_mode(ctx.machine)
-    if mode is None:
-        ctx.write("PG disabled\n")
-        return
-    ctx.write(pagetable.render_info_tlb(pagetable.mappings(_safe_read_phys(ctx.machine), mode)))
+    _render_mappings(ctx, pagetable.render_info_tlb)
 
 
 _XP_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}

@@ -126,7 +126,7 @@ class Server:
                  queries: dict[bytes, Query] | None = None) -> None:
         self.machine = machine
         self.monitor = monitor if monitor is not None else default_table()
-        #: vmigdb's own ``q`` packets by name (``qvmigdb.events``): handler(arguments) -> reply.
+        #: vmigdb's own ``q`` packets by name (``qvmigdb.raw``): handler(arguments) -> reply.
         self.queries = dict(queries or {})
         self.log = log or _default_log
         self._ready = ready

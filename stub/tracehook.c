@@ -15,31 +15,30 @@
 
 #define UC_PROT_READ 1
 
-static int known(const struct vmigdb_trace *t, uint32_t addr)
+/* The slot holding addr, or the empty one where it would go; NULL when the set is full. */
+static uint32_t *known_slot(struct vmigdb_trace *t, uint32_t addr)
 {
     uint32_t i = (addr * 2654435761u) % TRACE_KNOWN_SLOTS;
-    for (uint32_t n = 0; n < TRACE_KNOWN_SLOTS; n++, i = (i + 1) % TRACE_KNOWN_SLOTS) {
-        if (t->known[i] == addr)
-            return 1;
-        if (t->known[i] == 0)
-            return 0;
-    }
-    return 0;
+    for (uint32_t n = 0; n < TRACE_KNOWN_SLOTS; n++, i = (i + 1) % TRACE_KNOWN_SLOTS)
+        if (t->known[i] == addr || t->known[i] == 0)
+            return &t->known[i];
+    return NULL;
+}
+
+static int known(struct vmigdb_trace *t, uint32_t addr)
+{
+    uint32_t *slot = known_slot(t, addr);
+    return slot != NULL && *slot == addr;
 }
 
 /* Python: a return address is hooked now (0 on success, -1 when the set is full). */
 int vmigdb_trace_known_add(struct vmigdb_trace *t, uint32_t addr)
 {
-    uint32_t i = (addr * 2654435761u) % TRACE_KNOWN_SLOTS;
-    for (uint32_t n = 0; n < TRACE_KNOWN_SLOTS; n++, i = (i + 1) % TRACE_KNOWN_SLOTS) {
-        if (t->known[i] == addr)
-            return 0;
-        if (t->known[i] == 0) {
-            t->known[i] = addr;
-            return 0;
-        }
-    }
-    return -1;
+    uint32_t *slot = known_slot(t, addr);
+    if (slot == NULL)
+        return -1;
+    *slot = addr;
+    return 0;
 }
 
 static void request_service(struct vmigdb_trace *t)

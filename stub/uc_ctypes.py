@@ -212,23 +212,6 @@ uclib.uc_reg_read_batch.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_v
                                     ctypes.c_int)
 
 
-def batch_reader(uc: Uc, regids: tuple[int, ...]):
-    """A function reading these 32-bit registers in one libunicorn call (the tracer's hooks)."""
-    n = len(regids)
-    ids = (ctypes.c_int * n)(*regids)
-    vals = (ctypes.c_uint64 * n)()
-    ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n)))
-    handle = uc._uch
-    read = uclib.uc_reg_read_batch
-
-    def reader() -> list[int]:
-        ctypes.memset(vals, 0, 8 * n)
-        read(handle, ids, ptrs, n)
-        return [v & 0xFFFFFFFF for v in vals]
-
-    return reader
-
-
 #: Bytes per register in a raw batch read: the largest value libunicorn writes for an x86
 #: register we read is the 24-byte ``uc_x86_mmr`` (gdtr, idtr, ldtr, tr).
 RAW_SLOT = 32
@@ -265,8 +248,6 @@ class RunControl(ctypes.Structure):
 
 TRACE_REGS = 8
 TRACE_STACK_WORDS = 6
-TRACE_MEM_OK = 1
-TRACE_STACK_OK = 2
 TRACE_KNOWN_SLOTS = 1024
 
 

@@ -267,38 +267,24 @@ class VmiTracer:
         return False
 
 
-#: Events per ``qvmigdb.events`` reply at most (about 130 bytes each as JSON).
-EVENTS_PER_REPLY = 8192
 #: Raw log bytes per ``qvmigdb.raw`` reply at most.
 RAW_PER_REPLY = 1 << 20
 
 
 def queries(tracer: VmiTracer) -> dict[bytes, Callable[[bytes], bytes]]:
-    """vmigdb's own packets, binary-escaped replies, arguments in hex:
-
-    * ``qvmigdb.raw:OFFSET,LEN``: ``BASE;`` + up to LEN raw log bytes from OFFSET, zlib-
-      compressed (BASE: the first offset still kept; above OFFSET means the reader lost bytes).
-      The fast path's fetch: gdb decodes the log itself, so events never cross the wire as
-      text, and the records compress 4:1, which costs less than gdb reading them;
-    * ``qvmigdb.events:FROM,COUNT``: events with ``seq >= FROM`` as one JSON array, for a
-      reader that lost raw bytes. ``monitor vmi trace dump`` carries the same events as console
-      text, hex-encoded in O packets, one JSON document per line."""
-
-    def _args(args: bytes) -> tuple[int, int]:
-        return rsp.parse_addr_len(args.removeprefix(b":"))
+    """vmigdb's own packet, arguments in hex, reply binary-escaped:
+    ``qvmigdb.raw:OFFSET,LEN`` -> ``BASE;`` + up to LEN raw log bytes from OFFSET, as one zlib
+    stream (BASE: the first offset still kept; above OFFSET means the reader lost bytes and
+    goes on with ``monitor vmi trace dump``). The fast path's fetch: gdb decodes the log itself,
+    so events never cross the wire as text, and the records compress 4:1, which costs less than
+    gdb reading them."""
 
     def raw(args: bytes) -> bytes:
-        offset, size = _args(args)
+        offset, size = rsp.parse_addr_len(args.removeprefix(b":"))
         base, data = tracer.raw(offset, min(size, RAW_PER_REPLY))
         return b"%x;" % base + rsp.escape_binary(zlib.compress(data, 1))
 
-    def events(args: bytes) -> bytes:
-        first, n = _args(args)
-        chunk = tracer.dump(first, min(n, EVENTS_PER_REPLY))
-        text = json.dumps([e.to_json() for e in chunk], separators=(",", ":"))
-        return rsp.escape_binary(text.encode())
-
-    return {b"qvmigdb.raw": raw, b"qvmigdb.events": events}
+    return {b"qvmigdb.raw": raw}
 
 
 def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:

@@ -47,7 +47,7 @@ class Event:
             missing = schema.required - d.keys()
             raise ValueError(f"{cls.TYPE} event lacks {', '.join(sorted(missing))}")
         # "type", and fields of a later version, are not arguments.
-        kwargs = {k: v for k, v in d.items() if k in schema.names}
+        kwargs = {k: v for k, v in d.items() if k in schema.checks}
         for k, v in kwargs.items():
             if not (type(v) is int if k in schema.ints else schema.checks[k](v)):
                 raise ValueError(f"{cls.TYPE} event: field {k!r} has a wrong type "
@@ -58,10 +58,9 @@ class Event:
 @dataclass(frozen=True)
 class _Schema:
     fields: tuple[Field[Any], ...]
-    names: frozenset[str]
     required: frozenset[str]
     ints: frozenset[str]  # plain int fields: checked inline, the common case
-    checks: dict[str, Callable[[Any], bool]]  # every field's JSON type check
+    checks: dict[str, Callable[[Any], bool]]  # every field, by name: its JSON type check
 
 
 @functools.cache
@@ -70,10 +69,9 @@ def _schema(cls: type[Event]) -> _Schema:
     100k events must not inspect dataclass fields 100k times."""
     fs = fields(cls)
     checks = {f.name: _check_for(f) for f in fs}
-    return _Schema(fs, frozenset(checks),
-                   frozenset(f.name for f in fs
-                             if f.default is MISSING and f.default_factory is MISSING),
-                   frozenset(n for n, c in checks.items() if c is _is_int), checks)
+    required = frozenset(f.name for f in fs
+                         if f.default is MISSING and f.default_factory is MISSING)
+    return _Schema(fs, required, frozenset(n for n, c in checks.items() if c is _is_int), checks)
 
 
 def _is_int(v: Any) -> bool:
