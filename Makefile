@@ -14,20 +14,23 @@ GUEST_CFLAGS := -m32 -march=i686 -ffreestanding -nostdlib -fno-pic -fno-pie -fno
 GUEST_SRCS := $(wildcard guest/*.c) $(wildcard guest/*.S)
 GUEST_OBJS := $(patsubst guest/%,$(BUILD)/guest/%.o,$(GUEST_SRCS))
 
-.PHONY: all demo test bench venv rom guest hooks clean lint
+.PHONY: all demo test bench venv rom guest native clean lint
 
-all: rom guest hooks
+all: rom guest native
 
-hooks: $(BUILD)/vmigdb_hooks.so
-$(BUILD)/vmigdb_hooks.so: stub/runctl.c stub/tracehook.c stub/hooks.h
-	@mkdir -p $(BUILD)
-	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ stub/runctl.c stub/tracehook.c
+# The native machine (stub/native, a cffi extension) is built by pip at install time; this
+# rebuilds it in place when its sources change after the venv was made.
+NATIVE_SRCS := $(wildcard stub/native/*.c stub/native/*.h) stub/native/build.py setup.py
+native: $(VENV)/.native
+$(VENV)/.native: $(NATIVE_SRCS) | $(STAMP)
+	$(VPY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.native
 
 $(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h &: vmigdb/abi.py rom/__main__.py | $(STAMP)
 	$(VPY) -m vmigdb.rom header --asm $(BUILD)/vmi_abi.inc --c $(BUILD)/vmi_abi.h

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from vmigdb.targets import qemu_argv
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,12 +56,8 @@ def _run_ours(cmdline: str, trace: bool = False) -> None:
 
 def _run_qemu(cmdline: str) -> None:
     with tempfile.TemporaryDirectory() as d:
-        r = subprocess.run(
-            ["qemu-system-i386", "-m", "64", "-nodefaults", "-accel", "tcg,thread=single", "-nographic",
-             "-no-reboot", "-display", "none", "-monitor", "none",
-             "-serial", f"file:{d}/serial.log", "-kernel", str(GUEST), "-option-rom", str(ROM),
-             "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-append", cmdline],
-            check=False, timeout=300, capture_output=True)
+        r = subprocess.run(qemu_argv(GUEST, ROM, cmdline, Path(d) / "serial.log"),
+                           check=False, timeout=300, capture_output=True)
     if r.returncode != 1:
         raise RuntimeError(f"QEMU run failed with status {r.returncode}")
 

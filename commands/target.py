@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import gdb
 
-from vmigdb import abi, rominfo
+from vmigdb import abi, rominfo, x86
 from vmigdb.abi import VmiCall
 from vmigdb.errors import RomError, VmiError
 
@@ -24,7 +24,7 @@ PAGE_OFFSET = 0xC0000000
 #: Guest variables that hold the ROM's linear address once the guest has chosen it: Linux's
 #: ``vmi_rom`` (arch/x86/kernel/vmi_32.c) and the demo guest's ``vmi.base`` (a RAM copy).
 GUEST_ROM_POINTERS = ("vmi_rom", "vmi.base")
-_CR0_PG = 1 << 31
+
 
 
 class TargetGone(VmiError):
@@ -66,7 +66,7 @@ def register(name: str) -> int | None:
 
 def paging_enabled() -> bool | None:
     cr0 = register("cr0")
-    return None if cr0 is None else bool(cr0 & _CR0_PG)
+    return None if cr0 is None else bool(cr0 & x86.CR0_PG)
 
 
 # --- symbols -------------------------------------------------------------------------------------

@@ -10,16 +10,15 @@ so the same scripts can read both targets.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from vmigdb import pagetable
+from vmigdb import pagetable, x86
 from vmigdb.decode import CR0_BITS, CR4_BITS, EFER_BITS, EFLAGS_BITS, bit_names
 from vmigdb.errors import VmiError
 
-from .machine import Machine, MemoryFault
+from .machine import MachineInterface, MemoryFault
 
 
 class MonitorError(VmiError):
@@ -29,7 +28,7 @@ class MonitorError(VmiError):
 class MonitorContext(Protocol):
     """What a handler may use: the machine, the memory mode, and the console."""
 
-    machine: Machine
+    machine: MachineInterface
     phys_mode: bool
 
     def write(self, text: str) -> None: ...
@@ -81,7 +80,7 @@ class MonitorTable:
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _reg(machine: Machine, name: str) -> int | None:
+def _reg(machine: MachineInterface, name: str) -> int | None:
     try:
         return machine.reg_read(name)
     except (KeyError, ValueError):
@@ -96,45 +95,7 @@ def parse_number(text: str) -> int:
         raise MonitorError(f"not a number: {text!r}") from None
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A descriptor as the CPU caches it: base, limit (scaled by G), and the QEMU-style flags."""
-
-    base: int
-    limit: int
-    flags: int  # high dword & 0x00F0FF00, as QEMU prints it
-
-    @property
-    def present(self) -> bool:
-        return bool(self.flags & 0x8000)
-
-    @property
-    def dpl(self) -> int:
-        return (self.flags >> 13) & 3
-
-    def kind(self) -> str:
-        if not self.flags & 0x1000:  # system descriptor
-            return {0x2: "LDT", 0x9: "TSS32-avl", 0xB: "TSS32-busy", 0xC: "CallGate32",
-                    0xE: "IntGate32", 0xF: "TrapGate32"}.get((self.flags >> 8) & 0xF, "system")
-        bits = "32" if self.flags & 0x400000 else "16"
-        if self.flags & 0x800:
-            return f"CS{bits} [{'C' if self.flags & 0x400 else '-'}{'R' if self.flags & 0x200 else '-'}" \
-                   f"{'A' if self.flags & 0x100 else '-'}]"
-        return f"DS{bits} [{'E' if self.flags & 0x400 else '-'}{'W' if self.flags & 0x200 else '-'}" \
-               f"{'A' if self.flags & 0x100 else '-'}]"
-
-
-def decode_descriptor(raw: bytes) -> Segment:
-    """An 8-byte GDT/LDT entry."""
-    lo, hi = struct.unpack("<II", raw)
-    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
-    limit = (lo & 0xFFFF) | (hi & 0x000F0000)
-    if hi & 0x00800000:
-        limit = (limit << 12) | 0xFFF
-    return Segment(base, limit, hi & 0x00F0FF00)
-
-
-def _lookup(machine: Machine, selector: int) -> Segment | None:
+def _lookup(machine: MachineInterface, selector: int) -> x86.Descriptor | None:
     """Read the descriptor a selector names from the GDT (or the LDT) through virtual memory."""
     if selector & 4:
         ldtr = _reg(machine, "ldtr")
@@ -150,12 +111,12 @@ def _lookup(machine: Machine, selector: int) -> Segment | None:
     if index == 0 and not selector & 4 or index + 7 > limit:
         return None
     try:
-        return decode_descriptor(machine.read_virt(table + index, 8))
+        return x86.Descriptor.decode(machine.read_virt(table + index, 8))
     except MemoryFault:
         return None
 
 
-def render_registers(machine: Machine) -> str:
+def render_registers(machine: MachineInterface) -> str:
     """QEMU-like ``info registers``: GPRs, flags, segments with their descriptors, tables, CRs."""
 
     def r(name: str) -> int:
@@ -195,15 +156,15 @@ def render_registers(machine: Machine) -> str:
     return "\n".join(out) + "\n"
 
 
-def _paging_mode(machine: Machine) -> pagetable.Mode | None:
+def _paging_mode(machine: MachineInterface) -> pagetable.Mode | None:
     cr0 = _reg(machine, "cr0") or 0
-    if not cr0 & pagetable.CR0_PG:
+    if not cr0 & x86.CR0_PG:
         return None
     return pagetable.Mode.from_regs(_reg(machine, "cr3") or 0, _reg(machine, "cr4") or 0,
                                     _reg(machine, "efer") or 0)
 
 
-def _safe_read_phys(machine: Machine) -> pagetable.ReadPhys:
+def _safe_read_phys(machine: MachineInterface) -> pagetable.ReadPhys:
     """Tables outside RAM read as zero (not present) instead of aborting the whole dump."""
 
     def read(addr: int, n: int) -> bytes:
@@ -292,6 +253,18 @@ def cmd_xp(ctx: MonitorContext, args: str) -> None:
     ctx.write("".join(lines))
 
 
+def cmd_info_device(ctx: MonitorContext, args: str) -> None:
+    """``info pic|pit|serial|rtc|i8042|pci|ports|clock|boot``: the machine's own view."""
+    topic = args.strip()
+    try:
+        rows = ctx.machine.info(topic)
+    except KeyError:
+        raise MonitorError(f"info: no topic {topic!r} (pic pit serial rtc i8042 pci ports "
+                           "clock boot)") from None
+    width = max((len(k) for k, _ in rows), default=0)
+    ctx.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+
+
 def cmd_reset(ctx: MonitorContext, args: str) -> None:
     ctx.machine.reset()
     ctx.write("machine reset to the entry state; gdb still shows cached registers until "
@@ -324,8 +297,10 @@ def default_table() -> MonitorTable:
                    "full CPU state: GPRs, flags, segments with descriptors, GDT/IDT, CRs, EFER")
     table.register("info mem", cmd_info_mem, "mapped virtual ranges with rights (page-table walk)")
     table.register("info tlb", cmd_info_tlb, "every mapped page: va: pa flags (page-table walk)")
+    for topic in ("pic", "pit", "serial", "rtc", "i8042", "pci", "ports", "clock", "boot"):
+        table.register(f"info {topic}", cmd_info_device, f"the machine's {topic} state")
     table.register("xp", cmd_xp, "dump physical memory (QEMU syntax)", "/NFS ADDR")
-    table.register("reset", cmd_reset, "reset the machine to the multiboot entry state")
+    table.register("reset", cmd_reset, "reset the machine to its power-on state")
     table.register("phys", cmd_phys, "gdb memory accesses use physical addresses (on) or virtual",
                    "on|off")
     return table

@@ -1,7 +1,5 @@
-"""What the unicorn 2.1.4 Python binding does not wrap: virtual memory access and CPU-state fields.
+"""What the unicorn 2.1.4 Python binding does not wrap: CPU-state fields, raw register reads.
 
-* ``uc_vmem_read`` / ``uc_vmem_write`` / ``uc_vmem_translate`` are exported by libunicorn but not
-  bound; we call them through ctypes on the binding's own library handle.
 * The x86 error code and QEMU's ``old_exception`` are only reachable inside the context blob.
   Their offsets are version specific, so ``find_context_offsets`` measures them once per process
   with a fault that needs no guest code (an instruction fetch from a user page under CR4.SMEP,
@@ -12,10 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import threading
 from dataclasses import dataclass
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_PROT_READ, Uc, UcError
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
     UC_X86_REG_CR0,
@@ -28,39 +25,6 @@ from unicorn.x86_const import (
 )
 
 from vmigdb.errors import VmiError
-
-uclib.uc_vmem_read.restype = ctypes.c_int
-uclib.uc_vmem_read.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p,
-                               ctypes.c_size_t)
-uclib.uc_vmem_write.restype = ctypes.c_int
-uclib.uc_vmem_write.argtypes = uclib.uc_vmem_read.argtypes
-uclib.uc_vmem_translate.restype = ctypes.c_int
-uclib.uc_vmem_translate.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
-                                    ctypes.POINTER(ctypes.c_uint64))
-
-
-_local = threading.local()  # a small read buffer per thread, reused: the tracer reads often
-
-
-def vmem_read(uc: Uc, va: int, size: int) -> bytes | None:
-    """Read through the current page tables; None if any page is not mapped."""
-    if size <= 64:
-        buf = getattr(_local, "buf", None)
-        if buf is None:
-            buf = _local.buf = ctypes.create_string_buffer(64)
-    else:
-        buf = ctypes.create_string_buffer(size)
-    if uclib.uc_vmem_read(uc._uch, va, UC_PROT_READ, buf, size) != 0:
-        return None
-    return buf.raw[:size]
-
-
-def vmem_translate(uc: Uc, va: int) -> int | None:
-    """Guest-virtual to physical with a read access check (so read-only pages translate)."""
-    pa = ctypes.c_uint64()
-    if uclib.uc_vmem_translate(uc._uch, va, UC_PROT_READ, ctypes.byref(pa)) != 0:
-        return None
-    return pa.value
 
 
 @dataclass(frozen=True)
@@ -80,8 +44,13 @@ class ContextOffsets:
 PINNED = ContextOffsets(error_code=5424, is_int=5428, next_eip=5432, old_exception=5536,
                         hflags=216, segs=224)
 SEG_SIZE = 24
-R_GS = 5
+R_CS, R_SS, R_GS = 1, 2, 5
 HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3
+HF_CS32, HF_SS32 = 1 << 4, 1 << 5
+#: QEMU's segment-cache flags (DESC_G|B|P|S, with CS|R|A for code, W|A for data), DPL 0.
+FLAT_CODE0 = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (1 << 11) | (1 << 9) | (1 << 8)
+FLAT_DATA0 = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8)
 _HF_PE_CS32_SS32 = (1 << 7) | (1 << 4) | (1 << 5)
 _SMEP = 1 << 20
 _PROBE_ERROR = 0x11  # #PF: present | instruction fetch
@@ -188,6 +157,25 @@ class ContextPeek:
         h.value &= ~HF_CPL_MASK
         self.uc.context_restore(self.ctx)
 
+    def interrupt_shadow(self) -> bool:
+        """The instruction after STI or MOV SS runs before any interrupt is taken (QEMU keeps
+        that as HF_INHIBIT_IRQ in hflags)."""
+        self.uc.context_update(self.ctx)
+        return bool(ctypes.c_uint32.from_address(self.ctx.context.value + self.off.hflags).value
+                    & HF_INHIBIT_IRQ)
+
+    def load_flat_ring0(self, cs: int, ss: int) -> None:
+        """Load CS and SS with flat 4 GiB ring-0 descriptors, whatever the GDT holds (SYSENTER
+        does: SDM Vol. 2B), and CPL 0, as QEMU's cpu_x86_load_seg_cache would."""
+        self.uc.context_update(self.ctx)
+        base = self.ctx.context.value
+        for reg, sel, flags in ((R_CS, cs, FLAT_CODE0), (R_SS, ss, FLAT_DATA0)):
+            struct.pack_into("<I4xQII", (ctypes.c_char * SEG_SIZE).from_address(
+                base + self.off.segs + reg * SEG_SIZE), 0, sel, 0, 0xFFFFFFFF, flags)
+        h = ctypes.c_uint32.from_address(base + self.off.hflags)
+        h.value = (h.value & ~HF_CPL_MASK) | HF_CS32 | HF_SS32
+        self.uc.context_restore(self.ctx)
+
     def old_exception(self) -> int:
         self.uc.context_update(self.ctx)
         return ctypes.c_int32.from_address(self.ctx.context.value + self.off.old_exception).value
@@ -236,97 +224,3 @@ def raw_batch_reader(uc: Uc, regids: tuple[int, ...]):
         return bytes(buf)
 
     return reader
-
-
-class RunControl(ctypes.Structure):
-    """Mirror of ``struct vmigdb_runctl`` in stub/hooks.h."""
-
-    _fields_ = (("stop", ctypes.c_int32), ("stopped", ctypes.c_int32),
-                ("emu_stop", ctypes.c_void_p), ("service", ctypes.c_int32),
-                ("muted", ctypes.c_int32), ("stepping", ctypes.c_int32))
-
-
-TRACE_REGS = 8
-TRACE_STACK_WORDS = 6
-TRACE_KNOWN_SLOTS = 1024
-
-
-class TraceRecord(ctypes.Structure):
-    """Mirror of ``struct vmigdb_trace_record``."""
-
-    _fields_ = (("call", ctypes.c_uint32), ("addr", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("regs", ctypes.c_uint32 * TRACE_REGS),
-                ("stack", ctypes.c_uint32 * TRACE_STACK_WORDS), ("mem", ctypes.c_uint32 * 2))
-
-
-class Trace(ctypes.Structure):
-    """Mirror of ``struct vmigdb_trace``."""
-
-    _fields_ = (("rc", ctypes.POINTER(RunControl)), ("records", ctypes.POINTER(TraceRecord)),
-                ("capacity", ctypes.c_uint32), ("high_water", ctypes.c_uint32),
-                ("count", ctypes.c_uint32), ("lost", ctypes.c_uint32),
-                ("reg_ids", ctypes.c_int * TRACE_REGS),
-                ("reg_read_batch", ctypes.c_void_p), ("vmem_read", ctypes.c_void_p),
-                ("known", ctypes.c_uint32 * TRACE_KNOWN_SLOTS))
-
-
-class TraceSite(ctypes.Structure):
-    """Mirror of ``struct vmigdb_trace_site``: one hook's user data."""
-
-    _fields_ = (("trace", ctypes.POINTER(Trace)), ("call", ctypes.c_uint32),
-                ("addr", ctypes.c_uint32),
-                ("mem_reg", ctypes.c_int32), ("mem_size", ctypes.c_uint32),
-                ("wants_return", ctypes.c_uint32))
-
-
-def libunicorn_function(name: str) -> int:
-    """The address of a libunicorn function, for a C hook to call."""
-    return ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value or 0
-
-
-_C_SOURCES = ("runctl.c", "tracehook.c", "hooks.h")
-
-
-def hooks_library() -> ctypes.CDLL:
-    """vmigdb's C hooks (stub/runctl.c, stub/tracehook.c), built into build/ by make, or here
-    by gcc on first use."""
-    import subprocess
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent
-    srcs = [here / name for name in _C_SOURCES]
-    out = here.parent / "build" / "vmigdb_hooks.so"
-    if not out.exists() or out.stat().st_mtime < max(s.stat().st_mtime for s in srcs):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out),
-                            *(str(s) for s in srcs if s.suffix == ".c")],
-                           check=True, capture_output=True, text=True)
-        except (OSError, subprocess.CalledProcessError) as e:
-            detail = getattr(e, "stderr", "") or str(e)
-            raise VmiError(f"cannot build {out.name} with gcc: {detail.strip()}") from None
-    return ctypes.CDLL(str(out))
-
-
-def add_c_hook(uc: Uc, kind: int, fn: int, user_data: int, begin: int, end: int) -> int:
-    """Install a hook whose callback is a C function (no Python on the hot path); its handle."""
-    handle = ctypes.c_size_t()
-    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
-                            ctypes.c_void_p(user_data), ctypes.c_uint64(begin),
-                            ctypes.c_uint64(end))
-    if err != 0:
-        raise VmiError(f"cannot install a C hook (unicorn error {err})")
-    return handle.value
-
-
-def del_c_hook(uc: Uc, handle: int) -> None:
-    uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
-
-
-def add_runctl_hook(uc: Uc, lib: ctypes.CDLL, rc: RunControl) -> int:
-    """Install the C block hook over all code; returns the hook handle."""
-    from unicorn import UC_HOOK_BLOCK
-
-    rc.emu_stop = libunicorn_function("uc_emu_stop")
-    fn = ctypes.cast(lib.vmigdb_block_hook, ctypes.c_void_p).value or 0
-    return add_c_hook(uc, UC_HOOK_BLOCK, fn, ctypes.addressof(rc), 1, 0)

@@ -2,7 +2,7 @@
 
 It costs nothing where the guest does not call the ROM: no whole-range hook, one hook per ROM
 entry, one per distinct return address of a call with results, and observers on the ROM's own
-init and flush announcements. The per-call hooks are C (stub/tracehook.c): a hit appends a raw
+init and flush announcements. The per-call hooks are C (stub/native/tracehook.c): a hit appends a raw
 record to a buffer, which moves into the raw log (``vmigdb.rawtrace`` items) at each stop and
 before each port announcement, so the log keeps the guest's order. Nothing is decoded while the
 guest runs. Readers decode the log with the rules of ``vmigdb.recorder``: the stub itself when
@@ -14,7 +14,6 @@ runs, because Unicorn cannot safely change hooks from inside one.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import struct
@@ -28,8 +27,8 @@ from vmigdb import trace as tr
 from vmigdb.errors import VmiError
 from vmigdb.recorder import Recorder
 from vmigdb.stub import rsp
-from vmigdb.stub import uc_ctypes as U
 from vmigdb.stub.machine import Machine, MemoryFault
+from vmigdb.stub.machine.native import c_function, ffi, lib, uc_function
 from vmigdb.stub.monitor import MonitorContext, MonitorError, MonitorTable, parse_number
 
 DEFAULT_CAPACITY = 1 << 20
@@ -40,7 +39,7 @@ RAW_HEADROOM = 64
 #: Bytes of raw log kept for readers (~1M records). Past it the stub decodes the log into its
 #: own events and drops it; a gdb that had not read that far goes on with the decoded events.
 RAW_LOG_LIMIT = 80 << 20
-assert rawtrace.RECORD.size == ctypes.sizeof(U.TraceRecord)
+assert rawtrace.RECORD.size == ffi.sizeof("struct vmigdb_trace_record")
 
 
 class VmiTracer:
@@ -65,20 +64,16 @@ class VmiTracer:
         self._log_limit = log_limit
         self._decoder = rawtrace.RawDecoder(self.recorder)
         # The C half: the record buffer, its control block and one site struct per hook.
-        lib = U.hooks_library()
-        self._hook_fn = ctypes.cast(lib.vmigdb_trace_hook, ctypes.c_void_p).value or 0
-        self._known_add = lib.vmigdb_trace_known_add
-        self._known_add.argtypes = (ctypes.POINTER(U.Trace), ctypes.c_uint32)
-        self._records = (U.TraceRecord * RAW_CAPACITY)()
-        self._trace = U.Trace(
-            rc=ctypes.pointer(machine.runctl),
-            records=ctypes.cast(self._records, ctypes.POINTER(U.TraceRecord)),
-            capacity=RAW_CAPACITY, high_water=RAW_CAPACITY - RAW_HEADROOM,
-            reg_ids=(ctypes.c_int * U.TRACE_REGS)(
-                *(getattr(X, f"UC_X86_REG_{r.upper()}") for r in rawtrace.REGS)),
-            reg_read_batch=U.libunicorn_function("uc_reg_read_batch"),
-            vmem_read=U.libunicorn_function("uc_vmem_read"))
-        self._sites: dict[object, U.TraceSite] = {}  # hook handle -> its C user data
+        self._hook_fn = c_function("vmigdb_trace_hook")
+        self._records = ffi.new("struct vmigdb_trace_record[]", RAW_CAPACITY)
+        self._trace = t = ffi.new("struct vmigdb_trace *")
+        t.rc = machine.runctl
+        t.records = self._records
+        t.capacity, t.high_water = RAW_CAPACITY, RAW_CAPACITY - RAW_HEADROOM
+        t.reg_ids = [getattr(X, f"UC_X86_REG_{r.upper()}") for r in rawtrace.REGS]
+        t.reg_read_batch = ffi.cast("void *", uc_function("uc_reg_read_batch"))
+        t.vm = machine.native.vm
+        self._sites: dict[object, object] = {}  # hook handle -> its C user data
         machine.on_c_service(self.service)
         machine.add_port_observer(abi.ROM_INIT_PORT, self._on_init_port)
         machine.add_port_observer(abi.ROM_FLUSH_PORT, self._on_flush_port)
@@ -171,7 +166,7 @@ class VmiTracer:
         changes), so a port observer can keep the log in the guest's order."""
         t = self._trace
         if t.count:
-            data = ctypes.string_at(self._records, t.count * rawtrace.RECORD.size)
+            data = ffi.buffer(self._records, t.count * rawtrace.RECORD.size)[:]
             t.count = 0
             self._append(rawtrace.records_item(data))
             self._wanted |= rawtrace.return_addresses(data)
@@ -200,16 +195,18 @@ class VmiTracer:
     # --- hooks --------------------------------------------------------------------------------
     def _hook(self, va: int, call: int, spec: abi.CallSpec | None) -> object:
         capture = rawtrace.captured_memory(spec) if spec is not None else None
-        site = U.TraceSite(trace=ctypes.pointer(self._trace), call=call, addr=va,
-                           mem_reg=capture[0] if capture else -1,
-                           mem_size=capture[1] if capture else 0,
-                           wants_return=int(spec is not None and rawtrace.wants_return(spec)))
-        handle = self.machine.add_c_code_hook(va, self._hook_fn, ctypes.addressof(site))
+        site = ffi.new("struct vmigdb_trace_site *")
+        site.trace, site.call, site.addr = self._trace, call, va
+        site.mem_reg = capture[0] if capture else -1
+        site.mem_size = capture[1] if capture else 0
+        site.wants_return = int(spec is not None and rawtrace.wants_return(spec))
+        handle = self.machine.add_c_code_hook(va, self._hook_fn,
+                                              int(ffi.cast("uintptr_t", site)))
         self._sites[handle] = site
         if call == rawtrace.RETURN:
             self._return_hooks[va] = handle
             # A full set only means such calls ask for a (needless) service each time.
-            self._known_add(ctypes.byref(self._trace), va)
+            lib.vmigdb_trace_known_add(self._trace, va)
         return handle
 
     def _install_entries(self, base: int) -> None:
@@ -231,8 +228,7 @@ class VmiTracer:
         had_hooks = bool(self._entry_hooks)
         self._entry_hooks.clear()
         self._return_hooks.clear()
-        ctypes.memset(ctypes.addressof(self._trace) + U.Trace.known.offset, 0,
-                      ctypes.sizeof(self._trace.known))
+        ffi.buffer(self._trace.known)[:] = bytes(ffi.sizeof(self._trace.known))
         if had_hooks:  # calls still awaiting their return will never see it now
             self._append(rawtrace.state_item(self._rom_batched))
 

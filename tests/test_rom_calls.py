@@ -119,7 +119,8 @@ class Harness:
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         self.sym = rig.sym
-        self.m = Machine.from_files(str(rig.harness), rom=str(rig.rom), ram_size=RAM_SIZE)
+        self.m = Machine.from_files(str(rig.harness), rom=str(rig.rom), ram_size=RAM_SIZE,
+                                    no_reboot=True)
         stop = self.m.run()
         assert (stop.reason, stop.pc) == (StopReason.HALT, self.sym["harness_ready"] + 1), stop
         self.m.add_breakpoint(self.sym["ret_here"])
@@ -649,6 +650,11 @@ def test_call_matches_native(rig: Rig, case: Case, placement: str) -> None:
                                                           start_n.probes)
     stop_r = rom.call(entry, regs, stack)
     stop_n = nat.call(rig.sym[case.native], regs, stack)
+    if case.call is VmiCall.Reboot:  # the i8042 pulse asks for a reset; refused, the CPU goes on
+        assert stop_r.reason is stop_n.reason is StopReason.RESET, (stop_r, stop_n)
+        # The stop lands at the next block boundary, maybe at ret_here itself.
+        stop_r, stop_n = (Stop(StopReason.BREAKPOINT, s.pc) if s.pc == h.sym["ret_here"]
+                          else h.m.run() for s, h in ((stop_r, rom), (stop_n, nat)))
     if case.call is VmiCall.RDPMC:
         _same_fault(rom, nat, stop_r, stop_n, entry)
         return

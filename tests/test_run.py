@@ -83,7 +83,8 @@ def test_elf_with_wild_program_header_offset(built: Built, tmp_path: Path) -> No
 def test_not_an_elf(built: Built, tmp_path: Path) -> None:
     bad = tmp_path / "bad.elf"
     bad.write_bytes(b"hello world\n" * 100)
-    _one_line_error(vmigdb("run", str(bad), "--rom", str(built.rom)), "not an elf")
+    _one_line_error(vmigdb("run", str(bad), "--rom", str(built.rom)),
+                    "neither a linux bzimage nor a multiboot elf")
 
 
 def test_non_multiboot_elf(built: Built, tmp_path: Path) -> None:

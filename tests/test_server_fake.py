@@ -1,9 +1,5 @@
-"""The RSP server over a real TCP socket against a FAKE machine (the real one is built in parallel).
+"""The RSP server over a real TCP socket against a fake of ``MachineInterface`` (fakemachine.py).
 
-The fake interprets one-byte "instructions" from its memory, enough to produce every stop reason:
-0xEB spins until ``interrupt()``, 0xF4 halts, 0xE6 exits with code ``(eax << 1) | 1``, 0x89 stores
-eax at [ebx], 0x8B loads [ebx] into eax, 0x0F faults with #UD, anything else is a one-byte nop.
-Breakpoints stop before the instruction (not at the resume pc); watchpoints stop after the access.
 One test drives real gdb against it to check gdb accepts the target description and layout.
 """
 
@@ -20,146 +16,15 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
+from fakemachine import CODE, DATA, ROM_BASE, ROM_SIZE, FakeMachine
 
 from vmigdb.stub import rsp, target
-from vmigdb.stub.machine import Machine, MemoryFault, Stop, StopReason
+from vmigdb.stub.machine import MachineInterface
 from vmigdb.stub.server import THREADS_XML, Server
 
-MEM_SIZE = 0x100000
-ROM_BASE, ROM_SIZE = 0xC0000, 0x8000
-CODE = 0x1000
-DATA = 0x8000
 
-
-def _initial_regs() -> dict[str, int]:
-    regs = {r.name: 0 for r in target.REGISTERS if r.name != "fop"}  # fop: not modelled
-    regs.update(eax=0x2BADB002, ebx=0x9500, esp=0x7FF0, ebp=0x7FF8, eip=CODE, eflags=0x202,
-                cs=0x08, ss=0x10, ds=0x10, es=0x10, fs=0x10, gs=0x10, cr0=0x11,
-                gdtr_base=0x600, gdtr_limit=0x17, fctrl=0x37F, mxcsr=0x1F80,
-                xmm0=0x00112233445566778899AABBCCDDEEFF, st0=0x3FFF8000000000000000)
-    return regs
-
-
-class FakeMachine(Machine):
-    """The machine interface over a bytearray and a dict: no CPU, one-byte pseudo-instructions."""
-
-    def __init__(self) -> None:
-        self.mem = bytearray(MEM_SIZE)
-        # A flat GDT at 0x600: null, code 0x08, data 0x10 (for monitor info registers).
-        self.mem[0x608:0x610] = bytes.fromhex("ffff0000009acf00")
-        self.mem[0x610:0x618] = bytes.fromhex("ffff00000092cf00")
-        self.regs = _initial_regs()
-        self.breakpoints: set[int] = set()
-        self.watchpoints: set[tuple[int, int, str]] = set()
-        self.resets = 0
-        self._interrupt = threading.Event()
-        self.running = threading.Event()
-
-    def reset(self) -> None:
-        self.regs = _initial_regs()
-        self.resets += 1
-
-    def reg_read(self, name: str) -> int:
-        return self.regs[name]
-
-    def register_file(self) -> dict[str, int]:
-        return dict(self.regs)
-
-    def reg_write(self, name: str, value: int) -> None:
-        if name not in self.regs:
-            raise KeyError(name)
-        self.regs[name] = value
-
-    def _check(self, addr: int, size: int) -> None:
-        if addr + size > MEM_SIZE:
-            raise MemoryFault(max(addr, MEM_SIZE))
-
-    def read_virt(self, addr: int, size: int) -> bytes:
-        self._check(addr, size)
-        return bytes(self.mem[addr : addr + size])
-
-    def write_virt(self, addr: int, data: bytes) -> None:
-        self._check(addr, len(data))
-        self.mem[addr : addr + len(data)] = data
-
-    read_phys = read_virt
-    write_phys = write_virt
-
-    def translate(self, va: int) -> int | None:
-        return va if va < MEM_SIZE else None
-
-    def regions(self) -> list[tuple[int, int, str]]:
-        return [(0, ROM_BASE, "ram"), (ROM_BASE, ROM_SIZE, "rom"),
-                (ROM_BASE + ROM_SIZE, MEM_SIZE - ROM_BASE - ROM_SIZE, "ram")]
-
-    def _watch_hit(self, addr: int, write: bool) -> tuple[int, str] | None:
-        for va, length, kind in self.watchpoints:
-            if va <= addr < va + length and (kind == "awatch" or (kind == "watch") == write):
-                return va, kind
-        return None
-
-    def _exec(self, spin_wait: bool) -> Stop | None:
-        """One pseudo-instruction; a Stop if it stops the machine."""
-        pc = self.regs["eip"]
-        op = self.mem[pc]
-        if op == 0xEB:  # jmp $: spins until interrupted
-            if spin_wait:
-                self._interrupt.wait()
-                return Stop(StopReason.INTERRUPTED, pc)
-            return Stop(StopReason.STEP, pc)
-        if op == 0xF4:
-            return Stop(StopReason.HALT, pc, message="hlt with IF=0")
-        if op == 0xE6:
-            return Stop(StopReason.EXIT, pc, exit_code=(self.regs["eax"] << 1) | 1)
-        if op == 0x0F:
-            return Stop(StopReason.FAULT, pc, vector=6, message="invalid opcode")
-        self.regs["eip"] = pc + 1
-        if op in (0x89, 0x8B):
-            addr = self.regs["ebx"]
-            if op == 0x89:
-                self.mem[addr : addr + 4] = self.regs["eax"].to_bytes(4, "little")
-            else:
-                self.regs["eax"] = int.from_bytes(self.mem[addr : addr + 4], "little")
-            hit = self._watch_hit(addr, op == 0x89)
-            if hit:
-                return Stop(StopReason.WATCHPOINT, pc + 1, watch_addr=hit[0], watch_kind=hit[1])
-        return None
-
-    def step(self) -> Stop:
-        stop = self._exec(spin_wait=False)
-        return stop or Stop(StopReason.STEP, self.regs["eip"])
-
-    def run(self) -> Stop:
-        self.running.set()
-        try:
-            first = True
-            for _ in range(1_000_000):
-                pc = self.regs["eip"]
-                if pc in self.breakpoints and not first:
-                    return Stop(StopReason.BREAKPOINT, pc)
-                first = False
-                stop = self._exec(spin_wait=True)
-                if stop:
-                    return stop
-            return Stop(StopReason.FAULT, self.regs["eip"], message="runaway")
-        finally:
-            self._interrupt.clear()
-            self.running.clear()
-
-    def interrupt(self) -> None:
-        self._interrupt.set()
-
-    def add_breakpoint(self, va: int) -> None:
-        self.breakpoints.add(va)
-
-    def remove_breakpoint(self, va: int) -> None:
-        self.breakpoints.discard(va)
-
-    def add_watchpoint(self, va: int, length: int, kind: str) -> None:
-        self.watchpoints.add((va, length, kind))
-
-    def remove_watchpoint(self, va: int, length: int, kind: str) -> None:
-        self.watchpoints.discard((va, length, kind))
+def test_the_fake_implements_the_whole_interface() -> None:
+    assert isinstance(FakeMachine(), MachineInterface)
 
 
 class Client:
@@ -459,7 +324,7 @@ def test_ctrl_c_interrupts_a_run_that_never_ends_by_itself(stub: tuple[Server, F
     gdb.send_raw(b"\x03")  # while stopped: ignored
     gdb.send_raw(rsp.frame(b"vCont;c"))
     assert gdb.next_event()[0] is rsp.Event.ACK  # acked before the run, not at its end
-    _wait(machine.running.is_set, "the run to start")
+    _wait(lambda: machine.running, "the run to start")
     gdb.send_raw(b"\x03")
     sig, fields = _parse_stop(gdb.packet())
     assert sig == 2 and fields["08"] == _reg_hex("eip", CODE + 2)
@@ -545,9 +410,9 @@ def test_gdb_vanishing_mid_run_interrupts_and_next_gdb_connects(
     machine.mem[CODE] = 0xEB
     assert gdb.ask(b"Z0,2000,1") == b"OK"
     gdb.send_raw(rsp.frame(b"c"))
-    _wait(machine.running.is_set, "the run to start")
+    _wait(lambda: machine.running, "the run to start")
     gdb.close()
-    _wait(lambda: not machine.running.is_set() and not server._busy, "the run to be stopped")
+    _wait(lambda: not machine.running and not server._busy, "the run to be stopped")
     assert not machine.breakpoints
     again = Client(server.port)
     assert again.ask(b"?").startswith(b"T05")

@@ -41,15 +41,28 @@ def _cmd_rom_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from vmigdb.stub.machine import Machine, StopReason
+def _machine(args: argparse.Namespace):  # -> vmigdb.stub.machine.Machine
+    """The machine the run/serve arguments describe."""
+    from vmigdb.stub.machine import Machine
 
-    machine = Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline)
+    return Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline,
+                              ram_size=args.memory << 20, initrd=args.initrd,
+                              rtc_time=args.rtc, no_reboot=args.no_reboot)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vmigdb.linuxlog import PANIC_GRACE_NS, ConsoleWatch
+    from vmigdb.stub.machine import StopReason
+
+    machine = _machine(args)
     out = sys.stdout.buffer
+    watch = ConsoleWatch()
 
     def serial(data: bytes) -> None:
         out.write(data)
         out.flush()
+        if watch.feed(data):
+            machine.set_alarm(PANIC_GRACE_NS)  # let it print its stack dump, then end
 
     machine.on_serial = serial
     stop = machine.run()
@@ -58,18 +71,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if stop.reason is StopReason.EXIT:
         code = stop.exit_code or 0
         return code if 0 <= code <= 255 else 255
+    if watch.panic is not None:
+        print(f"vmigdb: the guest kernel panicked: {watch.panic}", file=sys.stderr)
+        return EXIT_GUEST_FAILED
+    if stop.reason is StopReason.RESET:
+        print("vmigdb: the guest asked for a reset (--no-reboot): run ended", file=sys.stderr)
+        return EXIT_OK
+    if stop.reason is StopReason.HALT and "interrupts disabled" in stop.message:
+        print(f"vmigdb: the guest halted for good: {stop.message}", file=sys.stderr)
+        return EXIT_OK
     print(f"vmigdb: guest stopped: {stop.message or stop.reason.value} at {stop.pc:#x}",
           file=sys.stderr)
     return EXIT_GUEST_FAILED
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from vmigdb.stub.machine import Machine
     from vmigdb.stub.monitor import default_table
     from vmigdb.stub.server import serve
     from vmigdb.stub.vmitrace import VmiTracer, queries, register_monitor
 
-    machine = Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline)
+    machine = _machine(args)
     monitor = default_table()
     tracer = VmiTracer(machine)
     if args.trace:
@@ -165,20 +186,55 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK if d.equivalent else EXIT_GUEST_FAILED
 
 
+def _memory(text: str) -> int:
+    from vmigdb.stub.machine.pc import MAX_RAM_MIB, MIN_RAM_MIB
+
+    try:
+        mib = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {text!r}") from None
+    if not MIN_RAM_MIB <= mib <= MAX_RAM_MIB:
+        raise argparse.ArgumentTypeError(f"{mib} MiB is outside {MIN_RAM_MIB}..{MAX_RAM_MIB}")
+    return mib
+
+
+def _rtc(text: str):  # -> datetime.datetime
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date and time: {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _machine_arguments(p: argparse.ArgumentParser) -> None:
+    """The machine: what ``run`` and ``serve`` share (QEMU's option names where they exist)."""
+    p.add_argument("guest", help="a Linux bzImage or a multiboot ELF32 guest")
+    p.add_argument("--rom", help="VMI ROM image (default: the built identity ROM; none: no ROM, "
+                                 "Linux then boots natively)")
+    p.add_argument("--cmdline", "--append", dest="cmdline", default="",
+                   help="the kernel command line")
+    p.add_argument("--initrd", help="initial ramdisk for a bzImage")
+    p.add_argument("-m", "--memory", type=_memory, default=128, metavar="MIB",
+                   help="RAM in MiB (16 to 3072; default 128)")
+    p.add_argument("--rtc", type=_rtc, default=None, metavar="TIME",
+                   help="the RTC's date at power-on, ISO 8601 (default 2026-01-01T00:00:00Z, "
+                        "so that runs repeat)")
+    p.add_argument("--no-reboot", action="store_true",
+                   help="end the run when the guest resets instead of rebooting it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vmigdb", description="Debug VMI-paravirtualized x86 guests from gdb.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot a guest on vmigdb's machine, stream its serial output")
-    run.add_argument("guest", help="multiboot ELF32 guest")
-    run.add_argument("--rom", help="VMI ROM image (default: the built identity ROM)")
-    run.add_argument("--cmdline", default="", help="multiboot command line text")
+    _machine_arguments(run)
     run.set_defaults(func=_cmd_run)
 
     srv = sub.add_parser("serve", help="serve a guest to gdb over the remote protocol")
-    srv.add_argument("guest", help="multiboot ELF32 guest")
-    srv.add_argument("--rom", help="VMI ROM image (default: the built identity ROM)")
-    srv.add_argument("--cmdline", default="", help="multiboot command line text")
+    _machine_arguments(srv)
     srv.add_argument("--port", type=int, default=1234, help="TCP port (0: any free port)")
     srv.add_argument("--listen", default="127.0.0.1", help="address to listen on")
     srv.add_argument("--trace", action="store_true",

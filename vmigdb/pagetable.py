@@ -32,7 +32,7 @@ PTE_FLAG_BITS: tuple[tuple[int, str], ...] = (
     (8, "G"), (63, "NX"),
 )
 
-CR0_PG = 1 << 31
+
 CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
 EFER_NXE = 1 << 11

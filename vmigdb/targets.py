@@ -2,8 +2,8 @@
 
 One place for the reference command lines, so capture, the demo, the benchmarks and the tests
 all run the same machines: QEMU as shared/reference/qemu-reference.md section 5 recommends
-(single-threaded TCG for exact breakpoint counts, 64 MiB like vmigdb's machine, stopped at reset
-with ``-S``), our stub with ``--port 0`` and the port read from its "listening on" line. Children
+(single-threaded TCG for exact breakpoint counts, 128 MiB and no local APIC like vmigdb's
+machine, stopped at reset with ``-S``), our stub with ``--port 0`` and the port read from its "listening on" line. Children
 die with the process that started them, so a killed capture or test leaves nothing running.
 """
 
@@ -22,6 +22,8 @@ from vmigdb.errors import VmiError
 from vmigdb.mi import die_with_parent
 
 QEMU = "qemu-system-i386"
+#: vmigdb's PC has no local APIC (its CPUID says so): the reference CPU says the same.
+QEMU_CPU = ("-cpu", "qemu32,-apic")
 DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=4"
 START_TIMEOUT = 20.0
 
@@ -72,7 +74,7 @@ def free_port() -> int:
 def qemu_argv(guest: Path, rom: Path | None, cmdline: str, serial: Path,
               gdb_port: int | None = None) -> list[str]:
     """The reference QEMU command line; with ``gdb_port`` its gdbstub waits at reset."""
-    argv = [QEMU, "-m", "64", "-nodefaults", "-accel", "tcg,thread=single", "-nographic",
+    argv = [QEMU, "-m", "128", *QEMU_CPU, "-nodefaults", "-accel", "tcg,thread=single", "-nographic",
             "-no-reboot", "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
             "-kernel", str(guest), "-device", DEBUG_EXIT, "-append", cmdline]
     if rom is not None:

@@ -1,8 +1,9 @@
 """Multiboot v1 loading of an ELF32 kernel, as QEMU's ``-kernel`` does it (no Unicorn here).
 
-The machine asks this module for a load plan (segments at their physical addresses, the entry
-point, the multiboot info block and the GDT) and writes it into RAM itself, so the parsing and
-the bad-input messages can be tested on bytes alone.
+``plan`` returns what to write (segments at their physical addresses, the multiboot info block,
+the command line, the GDT) and the entry state QEMU leaves (EAX the bootloader magic, EBX the
+info block, paging off, interrupts off), so the parsing and the bad-input messages can be
+tested on bytes alone.
 
 Layout in low RAM, chosen to look like QEMU's (mbi at 0x9500 as QEMU puts it):
     0x9000  GDT: null, flat code 0x08, flat data 0x10, 16-bit code 0x18, 16-bit data 0x20
@@ -19,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from vmigdb.errors import GuestImageError
+from vmigdb.stub.machine.boot import BootImage
 
 MULTIBOOT_MAGIC = 0x1BADB002  # in the kernel's header
 MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002  # in EAX at entry
@@ -35,6 +37,7 @@ SEABIOS_RESERVED_KIB = 128
 #: below the multiboot data so a guest that pushes before setting its own stack still works.
 ENTRY_ESP = 0x8000
 MEM_LOWER_KIB = 639  # what QEMU reports (640 KiB minus the EBDA)
+ROM_WINDOW = (0xA0000, 0xF0000)  # VGA memory and option ROMs (the VMI ROM at 0xC0000)
 
 #: Flat 4 GiB descriptors. 0x08 ring-0 code 32-bit, 0x10 ring-0 data 32-bit, then 16-bit code
 #: and data as QEMU's multiboot stub has them.
@@ -132,3 +135,25 @@ def boot_info(ram_size: int, cmdline_addr: int) -> bytes:
 
 def gdt() -> bytes:
     return b"".join(struct.pack("<Q", e) for e in GDT_ENTRIES)
+
+
+def plan(image: bytes, *, name: str, cmdline: str, ram_size: int) -> BootImage:
+    """The multiboot boot plan; ``name`` is the kernel path QEMU puts first on the command line."""
+    p = parse(image)
+    raw_cmd = command_line(name, cmdline)
+    for seg in p.segments:
+        if seg.paddr < 0x1000 or seg.paddr + seg.memsz > ram_size or (
+                seg.paddr < ROM_WINDOW[1] and seg.paddr + seg.memsz > ROM_WINDOW[0]):
+            raise GuestImageError(f"ELF segment at {seg.paddr:#x} (+{seg.memsz:#x}) is "
+                                  f"outside RAM or overlaps the ROM")
+    if p.cmdline_addr + len(raw_cmd) > ram_size:
+        raise GuestImageError("the kernel image leaves no RAM for the command line")
+    blobs = [(s.paddr, s.data) for s in p.segments]
+    blobs += [(GDT_ADDR, gdt()), (MBI_ADDR, boot_info(ram_size, p.cmdline_addr)),
+              (p.cmdline_addr, raw_cmd)]
+    regs = {"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": MBI_ADDR, "ecx": 0, "edx": 0, "esi": 0,
+            "edi": 0, "ebp": 0, "esp": ENTRY_ESP, "eflags": 0x2}
+    return BootImage(kind="multiboot", blobs=tuple(blobs), entry=p.entry, regs=regs,
+                     gdt=(GDT_ADDR, GDT_LIMIT), code_selector=0x08, data_selector=0x10,
+                     summary={"entry": f"{p.entry:#x}", "command line": raw_cmd[:-1].decode(
+                         errors="replace"), "info block": f"{MBI_ADDR:#x}"})

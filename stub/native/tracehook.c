@@ -11,9 +11,8 @@
  * the next block boundary instead, when the buffer is nearly full or when a call will return to
  * an address no hook watches yet.
  */
-#include "hooks.h"
+#include "vm.h"
 
-#define UC_PROT_READ 1
 
 /* The slot holding addr, or the empty one where it would go; NULL when the set is full. */
 static uint32_t *known_slot(struct vmigdb_trace *t, uint32_t addr)
@@ -72,14 +71,14 @@ void vmigdb_trace_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     r->call = site->call;
     r->addr = site->addr;
     r->flags = 0;
-    if (t->vmem_read(uc, r->regs[4], UC_PROT_READ, r->stack, sizeof r->stack) == 0)
+    if (vm_read_cpu(t->vm, r->regs[4], r->stack, sizeof r->stack) == 0)
         r->flags |= TRACE_STACK_OK;
     else
         for (int i = 0; i < TRACE_STACK_WORDS; i++)
             r->stack[i] = 0;
     r->mem[0] = r->mem[1] = 0;
     if (site->mem_reg >= 0 && site->mem_size <= sizeof r->mem
-        && t->vmem_read(uc, r->regs[site->mem_reg], UC_PROT_READ, r->mem, site->mem_size) == 0)
+        && vm_read_cpu(t->vm, r->regs[site->mem_reg], r->mem, site->mem_size) == 0)
         r->flags |= TRACE_MEM_OK;
     t->count++;
     if (t->count >= t->high_water

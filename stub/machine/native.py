@@ -1,0 +1,207 @@
+"""The C half of one machine (stub/native): its ``struct vm``, and its callbacks in Unicorn.
+
+Everything that runs per block, per port access or per timer event is C (the block hook keeps
+the virtual clock, the port bus dispatches to the C devices, RDTSC and CPUID answer from the
+machine). Python reaches the same struct through cffi, field by field, and installs the
+callbacks once. Only ports a Python observer claims call back into Python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from functools import cache
+
+from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_INSN, UC_MODE_32, Uc
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from vmigdb.errors import VmiError
+
+try:
+    from vmigdb.stub._native import ffi, lib
+except ImportError as e:  # pragma: no cover - an install without its extension
+    raise VmiError(f"vmigdb's native machine is not built ({e}); reinstall vmigdb "
+                   "(pip install .) or run make") from None
+
+NS_PER_TICK: int = lib.VM_NS_PER_TICK
+NEVER: int = lib.VM_NEVER
+#: The CPUID feature bits the machine removes from its CPU model: leaf 1 EDX bit 9, the local
+#: APIC (the machine has no APIC at 0xFEE00000; Linux then runs on the 8259A and the 8254).
+CPUID_1_EDX_APIC = 1 << 9
+
+
+def c_function(name: str) -> int:
+    """The address of one of our C functions, for Unicorn to call."""
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+
+
+def uc_function(name: str) -> int:
+    """The address of a libunicorn function, for our C to call."""
+    return ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value or 0
+
+
+def add_c_hook(uc: Uc, kind: int, fn: int, user_data: int, begin: int = 1, end: int = 0,
+               *extra: object) -> int:
+    """Install a hook whose callback is a C function (no Python on the hot path); its handle.
+    ``extra`` carries UC_HOOK_INSN's instruction id."""
+    handle = ctypes.c_size_t()
+    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
+                            ctypes.c_void_p(user_data), ctypes.c_uint64(begin),
+                            ctypes.c_uint64(end), *extra)
+    if err != 0:
+        raise VmiError(f"cannot install a C hook (unicorn error {err})")
+    return handle.value
+
+
+def del_c_hook(uc: Uc, handle: int) -> None:
+    uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+
+
+@cache
+def cpuid_model() -> tuple[tuple[int, int, bool, int, int, int, int], ...]:
+    """Unicorn's qemu32 CPUID answers, leaf by leaf, from its own CPUID instruction on a scratch
+    engine: (leaf, subleaf, has_subleaf, eax, ebx, ecx, edx)."""
+    length = ffi.new("uint32_t *")
+    code = bytes(ffi.buffer(lib.vm_cpuid_probe(length), length[0]))
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.ctl_set_cpu_model(X.UC_CPU_X86_QEMU32)
+    uc.mem_map(0, 0x1000)
+    uc.mem_write(0, code)
+
+    def ask(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        uc.reg_write(X.UC_X86_REG_EAX, leaf)
+        uc.reg_write(X.UC_X86_REG_ECX, subleaf)
+        uc.emu_start(0, len(code))
+        return tuple(uc.reg_read(r) for r in (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX,
+                                             X.UC_X86_REG_ECX, X.UC_X86_REG_EDX))
+
+    out = []
+    max_basic = ask(0)[0]
+    for leaf in range(max_basic + 1):
+        if leaf in (4, 7, 0xB, 0xD):
+            for sub in range(8):
+                regs = ask(leaf, sub)
+                out.append((leaf, sub, True, *regs))
+                if leaf == 4 and regs[0] & 0x1F == 0:
+                    break
+        else:
+            out.append((leaf, 0, False, *ask(leaf)))
+    max_ext = ask(0x80000000)[0]
+    for leaf in range(0x80000000, min(max_ext, 0x80000020) + 1):
+        out.append((leaf, 0, False, *ask(leaf)))
+    return tuple(out)
+
+
+class Native:
+    """One ``struct vm`` and its hooks in ``uc``: the clock, the devices, the port bus."""
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self.vm = vm = ffi.new("struct vm *")
+        self.address = int(ffi.cast("uintptr_t", vm))
+        lib.vm_init(vm, *(ffi.cast("void *", f) for f in (
+            uc._uch.value, uc_function("uc_emu_stop"), uc_function("uc_ctl"),
+            uc_function("uc_reg_read"), uc_function("uc_reg_write"),
+            uc_function("uc_vmem_read"))))
+        vm.reg_eax, vm.reg_ebx = X.UC_X86_REG_EAX, X.UC_X86_REG_EBX
+        vm.reg_ecx, vm.reg_edx = X.UC_X86_REG_ECX, X.UC_X86_REG_EDX
+        vm.reg_eflags, vm.reg_cr2 = X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR2
+        self._buf = ffi.new("uint8_t[]", 4096)
+        self._load_cpuid()
+        self._observers: dict[int, Callable[[int, int, int], None]] = {}
+        self._owners: dict[int, int] = {}  # what observed ports belonged to
+        self._py_in = ffi.callback("uint32_t(uint32_t, int)", self._on_py_in, onerror=self._error)
+        self._py_out = ffi.callback("void(uint32_t, int, uint32_t)", self._on_py_out,
+                                    onerror=self._error)
+        vm.py_in, vm.py_out = self._py_in, self._py_out
+        self.callback_error: BaseException | None = None
+        a = self.address
+        add_c_hook(uc, UC_HOOK_BLOCK, c_function("vm_block_hook"), a)
+        add_c_hook(uc, UC_HOOK_INSN, c_function("vm_port_in"), a, 1, 0,
+                   ctypes.c_int(X.UC_X86_INS_IN))
+        add_c_hook(uc, UC_HOOK_INSN, c_function("vm_port_out"), a, 1, 0,
+                   ctypes.c_int(X.UC_X86_INS_OUT))
+        add_c_hook(uc, UC_HOOK_INSN, c_function("vm_rdtsc_hook"), a, 1, 0,
+                   ctypes.c_int(X.UC_X86_INS_RDTSC))
+        add_c_hook(uc, UC_HOOK_INSN, c_function("vm_cpuid_hook"), a, 1, 0,
+                   ctypes.c_int(X.UC_X86_INS_CPUID))
+
+    def _load_cpuid(self) -> None:
+        model = cpuid_model()
+        vm = self.vm
+        if len(model) > lib.VM_CPUID_LEAVES:
+            raise VmiError(f"the CPU model has {len(model)} CPUID leaves; the machine keeps "
+                           f"{lib.VM_CPUID_LEAVES}")
+        for i, (leaf, sub, has_sub, eax, ebx, ecx, edx) in enumerate(model):
+            if leaf == 1:
+                edx &= ~CPUID_1_EDX_APIC
+            c = vm.cpuid[i]
+            c.leaf, c.subleaf, c.has_subleaf = leaf, sub, int(has_sub)
+            c.eax, c.ebx, c.ecx, c.edx = eax, ebx, ecx, edx
+            if leaf == 0:
+                vm.cpuid_max_basic = eax
+            elif leaf == 0x80000000:
+                vm.cpuid_max_ext = eax
+        vm.cpuid_count = len(model)
+
+    # --- the clock ----------------------------------------------------------------------------
+    @property
+    def ticks(self) -> int:
+        return self.vm.ticks
+
+    def set_ticks(self, ticks: int) -> None:
+        """The exact clock between two emulations (the block hook counted ahead)."""
+        self.vm.ticks = ticks
+        self.vm.now = ticks
+
+    def now_ns(self) -> int:
+        return self.vm.ticks * NS_PER_TICK
+
+    # --- ports ------------------------------------------------------------------------------------
+    def claim(self, ports: range | tuple[int, ...], owner: int) -> None:
+        for p in ports:
+            self.vm.port_owner[p] = owner
+
+    def observe(self, port: int, observer: Callable[[int, int, int], None]) -> None:
+        """Show guest writes to ``port`` to ``observer(port, size, value)`` first; the device
+        that owns the port (if any) still gets them. Costs a Python call per access."""
+        owner = self.vm.port_owner[port]
+        if owner != lib.VM_DEV_PYTHON:
+            self._owners[port] = owner
+        self._observers[port] = observer
+        self.vm.port_owner[port] = lib.VM_DEV_PYTHON
+
+    def _on_py_out(self, port: int, size: int, value: int) -> None:
+        fn = self._observers.get(port)
+        if fn is not None:
+            fn(port, size, value)
+        lib.vm_device_out(self.vm, self._owners.get(port, lib.VM_DEV_NONE), port, size, value)
+
+    def _on_py_in(self, port: int, size: int) -> int:
+        return lib.vm_device_in(self.vm, self._owners.get(port, lib.VM_DEV_NONE), port, size)
+
+    def _error(self, exc_type: type, exc: BaseException, tb: object) -> None:
+        # A bug in a Python port handler must not vanish inside Unicorn: keep it for the run
+        # loop, which raises it once emulation has stopped.
+        if self.callback_error is None:
+            self.callback_error = exc
+        lib_stop = self.vm.rc.emu_stop
+        lib_stop(ffi.cast("void *", self.uc._uch.value))
+
+    def read_cpu(self, va: int, size: int) -> bytes | None:
+        """Memory as the CPU sees it now (one page at most); None if not reachable. CR2 is
+        the guest's afterwards (vm_read_cpu says why that needs care)."""
+        buf = self._buf if size <= 4096 else ffi.new("uint8_t[]", size)
+        if lib.vm_read_cpu(self.vm, va, buf, size) != 0:
+            return None
+        return ffi.buffer(buf, size)[:]
+
+    # --- COM1 ---------------------------------------------------------------------------------
+    def take_serial(self) -> bytes:
+        n = self.vm.serial_len
+        if not n:
+            return b""
+        data = bytes(ffi.buffer(self.vm.serial_out, n))
+        self.vm.serial_len = 0
+        return data
