@@ -49,6 +49,8 @@ def pages(addr: int, size: int) -> list[tuple[int, int]]:
 class Memory:
     """RAM and ROM in Unicorn, and every way the machine's users read and write them."""
 
+    ROM_BASE = ROM_BASE
+
     def __init__(self, uc: Uc, ram_size: int, rom: bytes | None,
                  cpu_read: Callable[[int, int], bytes | None]) -> None:
         """``cpu_read(va, n)``: n bytes of one page through the CPU's TLB, or None."""
@@ -56,7 +58,7 @@ class Memory:
         self._cpu_read = cpu_read
         self.ram_size = ram_size
         self.rom = rom
-        rom_len = (len(rom) + PAGE - 1) & ~(PAGE - 1) if rom else 0
+        rom_len = (len(rom) + PAGE - 1) & ~(PAGE - 1) if rom else 0  # 0: rom_end == ROM_BASE
         self.rom_end = ROM_BASE + rom_len
         #: Page translations while the CPU is stopped (gdb reads the same pages many times per
         #: stop); dropped whenever the CPU runs or the debugger writes registers or memory.
