@@ -1,7 +1,7 @@
 """vmigdb's emulated PC on Unicorn, as a package of parts (QEMU's split):
 
 - ``cpu``: the Unicorn core, run control, break- and watchpoints, hooks, events, the clock's
-  corrections; ``registers``: the registers by name; ``interrupts``: IDT delivery, SYSENTER;
+  corrections; ``registers``: the registers by name;
 - ``memory``: the physical map, translation, debugger and hook access;
 - ``native`` and ``devices``: the C half (stub/native: the clock, the port bus, the 8259A,
   8254, 16550A, MC146818, i8042, PCI host and legacy ports) and its Python face;

@@ -17,8 +17,9 @@ gdbstub does by default); the next continue takes them.
 
 The clock: the block hook adds a block's instruction count when the block starts. When a
 block is left early (an exception, a breakpoint, a step), the clock is set back to the
-instructions that really ran, counted with capstone from the block's start; so the clock is
-the same whether or not a debugger stopped the guest on the way.
+instructions that really ran, counted with capstone from the block's start (deliver.c); so the
+clock is the same whether or not a debugger stopped the guest on the way. Exceptions, #UD and
+SYSENTER are C hooks too (deliver.c): a Python delivery cost ~240 us, a third of a Linux boot.
 
 Interrupts: the 8259A's output (C) stops the run at a block boundary when EFLAGS.IF is set;
 here the interrupt shadow after STI/MOV SS is honoured (the next block, one instruction long,
@@ -37,9 +38,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
-import capstone
 from unicorn import (
     UC_ERR_FETCH_PROT,
     UC_ERR_FETCH_UNMAPPED,
@@ -49,9 +48,6 @@ from unicorn import (
     UC_ERR_WRITE_PROT,
     UC_ERR_WRITE_UNMAPPED,
     UC_HOOK_CODE,
-    UC_HOOK_INSN,
-    UC_HOOK_INSN_INVALID,
-    UC_HOOK_INTR,
     UC_HOOK_MEM_READ,
     UC_HOOK_MEM_UNMAPPED,
     UC_HOOK_MEM_WRITE,
@@ -63,11 +59,8 @@ from unicorn import (
     Uc,
     UcError,
 )
-from unicorn import x86_const as X
 
 from vmigdb import x86
-from vmigdb.stub.machine import interrupts
-from vmigdb.stub.machine.interrupts import DeliveryError
 from vmigdb.stub.machine.memory import Memory, pages
 from vmigdb.stub.machine.native import NEVER, Native, add_c_hook, del_c_hook, ffi, lib
 from vmigdb.stub.machine.registers import Registers
@@ -87,20 +80,6 @@ _UC_ERRORS = {
 }
 _UNMAPPED_KIND = {UC_MEM_READ_UNMAPPED: "read of", UC_MEM_WRITE_UNMAPPED: "write to",
                   UC_MEM_FETCH_UNMAPPED: "instruction fetch from"}
-_MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-
-
-@lru_cache(maxsize=4096)
-def _count_instructions(code: bytes, start: int, stop: int) -> int:
-    """Instructions decoded from ``start`` before reaching ``stop`` (the block's first part)."""
-    n = 0
-    for address, _size, _mn, _ops in _MD.disasm_lite(code, start):
-        if address >= stop:
-            break
-        n += 1
-    return n
-
-
 class _Site:
     """Everything hooked at one code address: one Unicorn hook serves all of it."""
 
@@ -162,8 +141,6 @@ class Cpu:
         self._next_ident = 1
         self._runctl_seen = 0  # runctl.stopped when the last interrupt was reported
         self.reset_state()
-        uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         # Memory hooks only where they are needed: any memory hook on a page keeps Unicorn
         # from ever marking it dirty, so every store to it takes the slow path (measured: a
         # third of a Linux boot's time went there while these covered all of memory).
@@ -171,7 +148,6 @@ class Cpu:
             uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot, None, memory.ROM_BASE,
                         memory.rom_end - 1)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped, None, memory.ram_size, 0xFFFFFFFF)
-        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
 
     def reset_state(self) -> None:
         """Forget every stop, halt and pending event (the machine was reset)."""
@@ -367,13 +343,18 @@ class Cpu:
 
     def _deliver_external(self, return_eip: int) -> Stop | None:
         vector = lib.vm_interrupt_ack(self.vm)
-        self._deliver(vector, None, return_eip)
-        if self._stop is not None:  # the delivery failed twice
-            reason, extra = self._stop
-            self._stop = None
-            pc = extra.pop("pc", return_eip)
-            return Stop(reason, pc, **extra)
-        return None
+        if lib.vm_deliver(self.vm, vector, 0, 0, return_eip) == 0:
+            return None
+        first = ffi.string(self.vm.deliver_error).decode()
+        if lib.vm_deliver(self.vm, 8, 1, 0, return_eip) == 0:
+            return None
+        second = ffi.string(self.vm.deliver_error).decode()
+        return self._triple_fault(vector, return_eip, f"{first}; then #DF: {second}")
+
+    def _triple_fault(self, vector: int, eip: int, why: str) -> Stop:
+        return Stop(StopReason.TRIPLE_FAULT, eip, vector=vector,
+                    message=f"triple fault: {x86.vector_name(vector)} at eip {eip:#x} could "
+                            f"not be delivered ({why})")
 
     def _idle(self) -> Stop | None:
         """Halted with IF=1: advance the clock to the next device event until the PIC has an
@@ -457,7 +438,7 @@ class Cpu:
         finally:
             self.memory.in_emu = False
         if self.vm.stop_reason == lib.VM_STOP_NONE:
-            self._settle_clock(self.eip)
+            lib.vm_settle(self.vm, self.eip)
         self.vm.now = self.vm.ticks
         exc = self.native.callback_error
         if exc is not None:
@@ -465,20 +446,13 @@ class Cpu:
             raise exc
         return err
 
-    def _settle_clock(self, at: int) -> None:
-        """The clock counted the whole current block when it started: if the CPU left it at
-        ``at`` before its end, count only the instructions that ran."""
-        vm = self.vm
-        start, end = vm.block_pc, vm.block_pc + vm.block_size
-        if not start <= at < end or vm.ticks != vm.now + vm.block_icount:
-            return
-        code = self.memory.read_cpu_or_none(start, at - start)
-        if code is None:
-            return
-        vm.ticks = vm.now + _count_instructions(code, start, at)
-
     def _classify(self, err: UcError | None, stepping: bool) -> Stop | None:
         """Turn what the hooks recorded (or Unicorn's error) into a Stop; None if nothing did."""
+        vm = self.vm
+        if vm.stop_reason == lib.VM_STOP_TRIPLE:
+            vm.stop_reason = lib.VM_STOP_NONE
+            return self._triple_fault(vm.fault_vector, vm.fault_eip,
+                                      ffi.string(vm.deliver_error).decode())
         if self._watch_hit is not None:
             return self._finish_watch(stepping)
         if self._stop is not None:
@@ -648,46 +622,6 @@ class Cpu:
             self._arrival_done = address
             self._request_stop(StopReason.HOOK, pc=address)
 
-    def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
-        if self._stop is not None:
-            return  # already stopping (a triple fault re-raising while Unicorn unwinds)
-        err, is_int, next_eip = self.regs.ctx.take_exception()
-        eip = self.eip
-        return_eip = next_eip if is_int else eip
-        self._settle_clock(return_eip)
-        code = err if intno in x86.ERROR_CODE_VECTORS and not is_int else None
-        self._deliver(intno, code, return_eip)
-
-    def _on_invalid(self, uc: Uc, _data: object) -> bool:
-        if self._stop is not None:
-            return False
-        eip = self.eip
-        self._settle_clock(eip)
-        self._deliver(6, None, eip)
-        return self._stop is None
-
-    def _on_sysenter(self, uc: Uc, _data: object) -> None:
-        if not interrupts.sysenter(self):
-            eip = self.eip
-            self._settle_clock(eip)
-            self._deliver(13, 0, eip)
-
-    def _deliver(self, vector: int, error_code: int | None, eip: int) -> None:
-        try:
-            interrupts.deliver(self, vector, error_code, eip)
-            return
-        except DeliveryError as first:
-            why = str(first)
-        if vector != 8:
-            try:
-                interrupts.deliver(self, 8, 0, eip)
-                return
-            except DeliveryError as second:
-                why = f"{why}; then #DF: {second}"
-        self._request_stop(StopReason.TRIPLE_FAULT, pc=eip, vector=vector,
-                           message=f"triple fault: {x86.vector_name(vector)} at eip {eip:#x} "
-                                   f"could not be delivered ({why})")
-
     def _on_write_prot(self, uc: Uc, access: int, address: int, size: int, value: int,
                        _data: object) -> bool:
         # Guest write to the ROM: dropped, as shadow ROM does. Anything else stays an error.
@@ -737,7 +671,7 @@ class Cpu:
                 self.vm.irq_delivery = 1
                 self._watch_muted = False
                 self._stepping = False
-            if self._stop is not None and self._stop[0] is StopReason.TRIPLE_FAULT:
+            if self.vm.stop_reason == lib.VM_STOP_TRIPLE:
                 return self._classify(err, stepping=True)
         return Stop(StopReason.WATCHPOINT, self.eip, watch_addr=va, watch_kind=kind,
                     message=f"{kind} at {va:#x}")

@@ -12,11 +12,21 @@ import ctypes
 from collections.abc import Callable
 from functools import cache
 
-from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_INSN, UC_MODE_32, Uc
+import capstone
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_BLOCK,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_MODE_32,
+    Uc,
+)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from vmigdb.errors import VmiError
+from vmigdb.stub import uc_ctypes
 
 try:
     from vmigdb.stub._native import ffi, lib
@@ -56,6 +66,20 @@ def add_c_hook(uc: Uc, kind: int, fn: int, user_data: int, begin: int = 1, end: 
 
 def del_c_hook(uc: Uc, handle: int) -> None:
     uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+
+
+@cache
+def _capstone_x86_32() -> int:
+    """A capstone handle for 32-bit x86 (detail off), for the C side to count instructions."""
+    handle = ctypes.c_size_t()
+    err = capstone._cs.cs_open(capstone.CS_ARCH_X86, capstone.CS_MODE_32, ctypes.byref(handle))
+    if err != 0:
+        raise VmiError(f"capstone cannot open a 32-bit x86 handle (error {err})")
+    return handle.value
+
+
+def _capstone_function(name: str) -> int:
+    return ctypes.cast(getattr(capstone._cs, name), ctypes.c_void_p).value or 0
 
 
 @cache
@@ -104,9 +128,24 @@ class Native:
             uc._uch.value, uc_function("uc_emu_stop"), uc_function("uc_ctl"),
             uc_function("uc_reg_read"), uc_function("uc_reg_write"),
             uc_function("uc_vmem_read"))))
-        vm.reg_eax, vm.reg_ebx = X.UC_X86_REG_EAX, X.UC_X86_REG_EBX
-        vm.reg_ecx, vm.reg_edx = X.UC_X86_REG_ECX, X.UC_X86_REG_EDX
-        vm.reg_eflags, vm.reg_cr2 = X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR2
+        for name in ("eax", "ebx", "ecx", "edx", "eflags", "cr2", "eip", "esp", "cs", "ss", "cr0",
+                     "cr3", "cr4", "idtr", "gdtr", "tr", "msr"):
+            setattr(vm, f"reg_{name}", getattr(X, f"UC_X86_REG_{name.upper()}"))
+        for name in ("uc_mem_read", "uc_mem_write", "uc_context_save", "uc_context_restore"):
+            setattr(vm, name, ffi.cast("void *", uc_function(name)))
+        # A CPU context for the C side to edit, and where its fields are.
+        ctx = ctypes.c_void_p()
+        if uclib.uc_context_alloc(uc._uch, ctypes.byref(ctx)) != 0:
+            raise VmiError("cannot allocate a Unicorn CPU context")
+        self._ctx = ctx
+        vm.ctx = ffi.cast("void *", ctx.value)
+        off = uc_ctypes.find_context_offsets()
+        vm.ctx_error_code, vm.ctx_is_int, vm.ctx_next_eip = off.error_code, off.is_int, off.next_eip
+        vm.ctx_old_exception, vm.ctx_hflags, vm.ctx_segs = (off.old_exception, off.hflags,
+                                                             off.segs)
+        vm.cs_handle = _capstone_x86_32()
+        vm.cs_disasm = ffi.cast("void *", _capstone_function("cs_disasm"))
+        vm.cs_free = ffi.cast("void *", _capstone_function("cs_free"))
         self._buf = ffi.new("uint8_t[]", 4096)
         self._load_cpuid()
         self._observers: dict[int, Callable[[int, int, int], None]] = {}
@@ -126,6 +165,19 @@ class Native:
                    ctypes.c_int(X.UC_X86_INS_RDTSC))
         add_c_hook(uc, UC_HOOK_INSN, c_function("vm_cpuid_hook"), a, 1, 0,
                    ctypes.c_int(X.UC_X86_INS_CPUID))
+        add_c_hook(uc, UC_HOOK_INSN, c_function("vm_sysenter_hook"), a, 1, 0,
+                   ctypes.c_int(X.UC_X86_INS_SYSENTER))
+        add_c_hook(uc, UC_HOOK_INTR, c_function("vm_intr_hook"), a)
+        add_c_hook(uc, UC_HOOK_INSN_INVALID, c_function("vm_invalid_hook"), a)
+
+    def set_memory(self, ram_size: int, rom_base: int, rom_end: int) -> None:
+        """Where interrupt frames may be written: RAM, not the ROM."""
+        self.vm.ram_size, self.vm.rom_base, self.vm.rom_end = ram_size, rom_base, rom_end
+
+    def __del__(self) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None and ctx.value:
+            uclib.uc_context_free(ctx)
 
     def _load_cpuid(self) -> None:
         model = cpuid_model()

@@ -111,6 +111,7 @@ class PC:
         uc.ctl_set_exits([])
         self.native = Native(uc)
         self.memory = Memory(uc, ram_size, rom, self.native.read_cpu)
+        self.native.set_memory(ram_size, self.memory.ROM_BASE, self.memory.rom_end)
         self.vm = self.native.vm
         for dev in devices.DEVICES.values():
             for owner, ports in dev.PORTS.items():
@@ -132,7 +133,7 @@ class PC:
             self.resets += 1
         self.native.set_ticks(0)
         vm.idle_ticks = 0
-        ffi.buffer(vm.tb_size)[:] = bytes(ffi.sizeof(vm.tb_size))  # no stale block sizes
+        ffi.buffer(vm.tb)[:] = bytes(ffi.sizeof(vm.tb))  # no stale block sizes
         vm.alarm = lib.VM_NEVER
         lib.vm_reset_devices(vm)
         rtc.reset(vm, self.rtc_time, self.ram_size)

@@ -106,16 +106,16 @@ static void stop(struct vm *m, void *uc, int32_t why)
 
 static uint32_t block_icount(struct vm *m, void *uc, uint32_t pc, uint32_t size)
 {
-    uint32_t h = (pc ^ (pc >> 11) ^ (size << 5)) & (VM_TB_SLOTS - 1);
-    if (m->tb_pc[h] == pc && m->tb_size[h] == size)
-        return m->tb_icount[h];
+    struct vm_tb_entry *e = &m->tb[(pc ^ (pc >> 11) ^ (size << 5)) & (VM_TB_SLOTS - 1)];
+    if (e->pc == pc && e->size == size)
+        return e->icount;
     struct uc_tb tb = {0};
     m->tb_misses++;
     if (m->uc_ctl(uc, UC_CTL_TB_REQUEST_CACHE_RW, (uint64_t)pc, &tb) != 0 || tb.icount == 0)
         return 1;  /* cannot happen for a block being run; count it as one instruction */
-    m->tb_pc[h] = pc;
-    m->tb_size[h] = (uint16_t)size;
-    m->tb_icount[h] = tb.icount;
+    e->pc = pc;
+    e->size = (uint16_t)size;
+    e->icount = tb.icount;
     return tb.icount;
 }
 

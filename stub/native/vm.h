@@ -34,6 +34,7 @@
 #define VM_STOP_REQUEST 1           /* run control: Ctrl-C, or a C hook asked for a service */
 #define VM_STOP_IRQ 2               /* an interrupt is deliverable (IF=1, PIC output high) */
 #define VM_STOP_DEVICE 3            /* a device needs Python: exit, reset, serial output */
+#define VM_STOP_TRIPLE 4            /* an event could not be delivered, nor #DF: deliver_error */
 
 /* What a port belongs to (vm.port_owner). */
 #define VM_DEV_NONE 0               /* unassigned: reads all ones, writes are dropped */
@@ -146,6 +147,11 @@ struct vm_misc {
     uint8_t dma_flipflop;
 };
 
+struct vm_tb_entry {                /* one cache line holds eight: one load per block */
+    uint32_t pc;
+    uint16_t size, icount;
+};
+
 struct vm_cpuid_leaf {
     uint32_t leaf, subleaf, has_subleaf, eax, ebx, ecx, edx;
 };
@@ -167,6 +173,8 @@ struct vm {
     int32_t irq_delivery;           /* 0: never stop for interrupts (single steps) */
     int32_t irq_holdoff;            /* the next block is an interrupt shadow: no delivery there */
     int32_t reg_eax, reg_ebx, reg_ecx, reg_edx, reg_eflags, reg_cr2;  /* Unicorn's ids */
+    int32_t reg_eip, reg_esp, reg_cs, reg_ss, reg_cr0, reg_cr3, reg_cr4, reg_idtr, reg_gdtr;
+    int32_t reg_tr, reg_msr;
     uint32_t requests;              /* VM_REQ_* bits for Python */
     uint64_t alarm;                 /* a tick at which Python wants the run stopped (VM_NEVER) */
     int32_t exit_code;
@@ -174,14 +182,30 @@ struct vm {
     uint64_t port_accesses;
     uint64_t irqs_raised;
     /* The block size cache: instruction counts of translation blocks by (pc, size). */
-    uint32_t tb_pc[VM_TB_SLOTS];
-    uint16_t tb_size[VM_TB_SLOTS];
-    uint16_t tb_icount[VM_TB_SLOTS];
+    struct vm_tb_entry tb[VM_TB_SLOTS];
     /* libunicorn entry points (the library is loaded by the Python binding). */
     int (*uc_ctl)(void *uc, int control, ...);
     int (*uc_reg_read)(void *uc, int regid, void *value);
     int (*uc_reg_write)(void *uc, int regid, const void *value);
     int (*uc_vmem_read)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
+    int (*uc_mem_read)(void *uc, uint64_t address, void *bytes, uint64_t size);
+    int (*uc_mem_write)(void *uc, uint64_t address, const void *bytes, uint64_t size);
+    int (*uc_context_save)(void *uc, void *context);
+    int (*uc_context_restore)(void *uc, void *context);
+    /* Event delivery (deliver.c): a CPU context to edit, and where its fields are (offsets
+     * in Unicorn's context blob, measured by stub/uc_ctypes.py). */
+    void *ctx;
+    int32_t ctx_error_code, ctx_is_int, ctx_next_eip, ctx_old_exception, ctx_hflags, ctx_segs;
+    uint64_t ram_size, rom_base, rom_end;  /* what memory a frame may be written to */
+    char deliver_error[240];        /* why the last delivery failed */
+    int32_t fault_vector;           /* VM_STOP_TRIPLE: the event that could not be delivered */
+    uint32_t fault_eip;
+    uint64_t deliveries, exceptions, sysenters;
+    /* capstone, to count the instructions of a block left early */
+    size_t cs_handle;
+    size_t (*cs_disasm)(size_t handle, const uint8_t *code, size_t size, uint64_t address,
+                        size_t count, void **insn);
+    void (*cs_free)(void *insn, size_t count);
     /* The port bus. */
     uint8_t port_owner[VM_PORTS];
     uint32_t (*py_in)(uint32_t port, int size);
@@ -215,6 +239,14 @@ void vm_device_out(struct vm *m, uint32_t owner, uint32_t port, int size, uint32
 int vm_rdtsc_hook(void *uc, void *user_data);
 int vm_cpuid_hook(void *uc, void *user_data);
 const uint8_t *vm_cpuid_probe(uint32_t *len);
+
+/* deliver.c: events through the IDT, SYSENTER, the clock after an early exit from a block. */
+int vm_deliver(struct vm *m, int vector, int has_error, uint32_t error_code, uint32_t return_eip);
+int vm_read_super(struct vm *m, uint32_t va, void *buf, size_t n);
+void vm_settle(struct vm *m, uint32_t at);
+void vm_intr_hook(void *uc, uint32_t intno, void *user_data);
+int vm_invalid_hook(void *uc, void *user_data);
+void vm_sysenter_hook(void *uc, void *user_data);
 int vm_read_cpu(struct vm *m, uint64_t address, void *buf, size_t size);
 uint64_t vm_now_ns(struct vm *m);
 uint64_t vm_next_event(struct vm *m);
