@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_qemu
 
 from vmigdb.errors import GuestImageError, RomError
 from vmigdb.stub.machine import Machine, MemoryFault, StopReason
 
 ASM = Path(__file__).parent / "asm"
 REPO = Path(__file__).resolve().parent.parent
-PROGRAMS = ("basic", "spin", "halt", "triple", "romwrite", "faults", "nomultiboot")
+PROGRAMS = ("basic", "spin", "halt", "triple", "romwrite", "faults", "nomultiboot", "sysenter")
 
 
 def _run(*cmd: object) -> None:
@@ -194,6 +195,25 @@ def test_stops_do_not_disturb_cr2_or_later_faults(progs):
     assert m.step().pc == sym["events"] + 10
     assert m.reg_read("cr2") == 0x1111
     assert m.run().exit_code == 7
+
+
+def test_sysexit_to_ring_3_and_sysenter_back(progs):
+    """Linux's system-call return trip: SYSEXIT to ring 3, SYSENTER back to the kernel entry
+    with the CS, SS and ESP the MSRs name (Unicorn's own SYSENTER only stepped over itself)."""
+    m = boot(progs, "sysenter")
+    sym = symbols(progs["sysenter"])
+    m.add_breakpoint(sym["user_code"])
+    stop = m.run()
+    assert (stop.reason, stop.pc) == (StopReason.BREAKPOINT, sym["user_code"])
+    assert (m.reg_read("cs"), m.reg_read("ss"), m.reg_read("eax")) == (0x1B, 0x23, 0x1234)
+    m.add_breakpoint(sym["sysenter_entry"])
+    stop = m.run()
+    assert (stop.reason, stop.pc) == (StopReason.BREAKPOINT, sym["sysenter_entry"])
+    assert (m.reg_read("cs"), m.reg_read("ss")) == (0x08, 0x10)
+    assert not m.reg_read("eflags") & 0x200  # IF cleared
+    assert m.run().exit_code == 0x50
+    code, _serial = run_qemu(progs["sysenter"], None)
+    assert code == 0x50  # QEMU runs the same trip to the same end
 
 
 def test_hlt_with_interrupts_off_and_on(progs):
