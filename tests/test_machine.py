@@ -21,7 +21,8 @@ from vmigdb.stub.machine import Machine, MemoryFault, StopReason
 
 ASM = Path(__file__).parent / "asm"
 REPO = Path(__file__).resolve().parent.parent
-PROGRAMS = ("basic", "spin", "halt", "triple", "romwrite", "faults", "nomultiboot", "sysenter")
+PROGRAMS = ("basic", "spin", "halt", "triple", "romwrite", "faults", "nomultiboot", "sysenter",
+            "cpuid")
 
 
 def _run(*cmd: object) -> None:
@@ -214,6 +215,21 @@ def test_sysexit_to_ring_3_and_sysenter_back(progs):
     assert m.run().exit_code == 0x50
     code, _serial = run_qemu(progs["sysenter"], None)
     assert code == 0x50  # QEMU runs the same trip to the same end
+
+
+def test_cpuid_answers_as_qemus_qemu32_without_apic(progs):
+    """The machine's CPU is QEMU's qemu32 with no local APIC (the machine has none): every leaf
+    as `qemu-system-i386 -cpu qemu32,-apic` answers it."""
+    m = boot(progs, "cpuid")
+    out: list[bytes] = []
+    m.on_serial = out.append
+    assert m.run().exit_code == 0x10
+    ours = b"".join(out).decode()
+    code, theirs = run_qemu(progs["cpuid"], None)
+    theirs = theirs[theirs.index("00000000 00000000 "):]  # after SeaBIOS's banner
+    assert code == 0x10 and ours == theirs
+    leaf1 = next(line.split() for line in ours.splitlines() if line.startswith("00000001"))
+    assert not int(leaf1[5], 16) & (1 << 9)  # no APIC
 
 
 def test_hlt_with_interrupts_off_and_on(progs):

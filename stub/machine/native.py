@@ -39,6 +39,11 @@ NEVER: int = lib.VM_NEVER
 #: The CPUID feature bits the machine removes from its CPU model: leaf 1 EDX bit 9, the local
 #: APIC (the machine has no APIC at 0xFEE00000; Linux then runs on the 8259A and the 8254).
 CPUID_1_EDX_APIC = 1 << 9
+#: Where QEMU 7.2's qemu32 differs from Unicorn's (QEMU 5's): its L3 cache (l3-cache=on is
+#: QEMU's default since 2.8), in leaf 2's descriptors and as leaf 4's fourth cache level.
+#: Measured with tests/asm/cpuid.S under `qemu-system-i386 -cpu qemu32,-apic`.
+QEMU72_LEAVES = {(2, 0): (0x00000001, 0x00000000, 0x0000004D, 0x002C307D),
+                 (4, 3): (0x00000163, 0x03C0003F, 0x00003FFF, 0x00000006)}
 
 
 def c_function(name: str) -> int:
@@ -180,7 +185,10 @@ class Native:
             uclib.uc_context_free(ctx)
 
     def _load_cpuid(self) -> None:
-        model = cpuid_model()
+        model = {(leaf, sub): (has_sub, regs) for leaf, sub, has_sub, *regs in cpuid_model()}
+        for (leaf, sub), regs in QEMU72_LEAVES.items():
+            model[(leaf, sub)] = (leaf == 4, list(regs))
+        model = [(leaf, sub, has_sub, *regs) for (leaf, sub), (has_sub, regs) in model.items()]
         vm = self.vm
         if len(model) > lib.VM_CPUID_LEAVES:
             raise VmiError(f"the CPU model has {len(model)} CPUID leaves; the machine keeps "
