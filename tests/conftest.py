@@ -8,6 +8,7 @@ code and its serial output.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,41 @@ class Built:
     rom: Path
     guest: Path
     repo: Path = REPO
+
+
+@dataclass(frozen=True)
+class Linux:
+    """The real VMI guest of shared/linux: kernel, initramfs, and vmlinux unpacked into build/."""
+
+    dir: Path
+    bzimage: Path
+    initrd: Path
+    vmlinux: Path
+
+
+def linux_dir() -> Path | None:
+    """``$VMIGDB_LINUX_DIR``, else ``../shared/linux`` beside the repository (CI has it)."""
+    env = os.environ.get("VMIGDB_LINUX_DIR")
+    d = Path(env) if env else REPO.parent / "shared" / "linux"
+    return d if (d / "bzImage-2.6.32.9-vmi").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def linux() -> Linux:
+    """The Linux guest; vmlinux (debug info, 136 MB) is unpacked once into build/linux/."""
+    d = linux_dir()
+    if d is None:
+        pytest.skip("the Linux guest is not here (set VMIGDB_LINUX_DIR or put shared/linux "
+                    "beside the repository)")
+    vmlinux = REPO / "build" / "linux" / "vmlinux-2.6.32.9-vmi"
+    packed = d / "vmlinux-2.6.32.9-vmi.xz"
+    if not vmlinux.is_file() or vmlinux.stat().st_mtime < packed.stat().st_mtime:
+        vmlinux.parent.mkdir(parents=True, exist_ok=True)
+        part = vmlinux.with_suffix(".part")
+        with open(part, "wb") as out:
+            subprocess.run(["xz", "-dc", str(packed)], stdout=out, check=True)
+        part.rename(vmlinux)
+    return Linux(d, d / "bzImage-2.6.32.9-vmi", d / "initramfs-vmigdb.cpio.gz", vmlinux)
 
 
 @pytest.fixture(scope="session")

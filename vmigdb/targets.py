@@ -99,12 +99,15 @@ def _last_line(text: str) -> str:
 
 
 def start_stub(guest: Path, rom: Path, cmdline: str, work: Path, *,
-               serial: Path | None = None, trace: bool = False) -> Target:
+               serial: Path | None = None, trace: bool = False,
+               initrd: Path | None = None) -> Target:
     """``vmigdb serve --port 0`` in a child; the guest waits at its entry for gdb."""
     log = work / "stub.log"
     serial = serial or work / "stub-serial.log"
     argv = [sys.executable, "-m", "vmigdb.cli", "serve", str(guest), "--rom", str(rom),
             "--cmdline", cmdline, "--port", "0"] + (["--trace"] if trace else [])
+    if initrd is not None:
+        argv += ["--initrd", str(initrd)]
     proc = _spawn(argv, serial, log)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
