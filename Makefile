@@ -14,9 +14,17 @@ GUEST_CFLAGS := -m32 -march=i686 -ffreestanding -nostdlib -fno-pic -fno-pie -fno
 GUEST_SRCS := $(wildcard guest/*.c) $(wildcard guest/*.S)
 GUEST_OBJS := $(patsubst guest/%,$(BUILD)/guest/%.o,$(GUEST_SRCS))
 
-.PHONY: all demo test bench venv rom guest native clean lint
+.PHONY: all demo test bench venv rom guest native firmware clean lint
 
-all: rom guest native
+all: rom guest native firmware
+
+# QEMU's firmware for runs without BIOS tables (tests and bench compare Linux boots with it).
+firmware: $(BUILD)/boot32.bin
+$(BUILD)/boot32.bin: tests/firmware/boot32.S tests/firmware/boot32.ld
+	@mkdir -p $(BUILD)
+	as --32 -o $(BUILD)/boot32.o tests/firmware/boot32.S
+	ld -m elf_i386 -T tests/firmware/boot32.ld -o $(BUILD)/boot32.elf $(BUILD)/boot32.o
+	objcopy -O binary -j .text $(BUILD)/boot32.elf $@
 
 # The native machine (stub/native, a cffi extension) is built by pip at install time; this
 # rebuilds it in place when its sources change after the venv was made.

@@ -84,6 +84,36 @@ def qemu_argv(guest: Path, rom: Path | None, cmdline: str, serial: Path,
     return argv
 
 
+#: QEMU's clock for the Linux comparison: 8 ns per instruction as vmigdb's machine
+#: (stub/native/vm.h VM_NS_PER_TICK), the RTC on the virtual clock from the same date.
+QEMU_LINUX_TIME = ("-icount", "shift=3,sleep=off", "-rtc", "base=2026-01-01T00:00:00,clock=vm")
+
+
+def qemu_linux_argv(kernel: Path, initrd: Path | None, cmdline: str, rom: Path | None,
+                    memory_mib: int, serial: Path, work: Path, firmware: Path) -> list[str]:
+    """QEMU booting a Linux bzImage the way vmigdb's machine does, so their logs can be
+    compared line by line: the same boot blobs at the same addresses (vmigdb's own loader
+    writes them, ``-device loader`` places them), a firmware that only enters the kernel
+    (tests/firmware/boot32.S: no ACPI, MP, DMI or PCI BIOS tables, which SeaBIOS would add),
+    the pc machine without ACPI and HPET, no local APIC, the VMI ROM at 0xC0000, and
+    deterministic time (QEMU_LINUX_TIME)."""
+    from vmigdb.stub.machine.boot import linux
+
+    plan = linux.plan(kernel.read_bytes(), cmdline=cmdline,
+                      initrd=initrd.read_bytes() if initrd else None, ram_size=memory_mib << 20)
+    argv = [QEMU, "-nodefaults", "-accel", "tcg,thread=single", "-M", "pc,acpi=off,hpet=off",
+            *QEMU_CPU, "-m", str(memory_mib), "-bios", str(firmware), "-display", "none",
+            "-no-reboot", "-monitor", "none", "-serial", f"file:{serial}", "-device", DEBUG_EXIT,
+            *QEMU_LINUX_TIME]
+    for i, (addr, data) in enumerate(plan.blobs):
+        blob = work / f"boot-blob-{i}.bin"
+        blob.write_bytes(data)
+        argv += ["-device", f"loader,file={blob},addr={addr:#x},force-raw=on"]
+    if rom is not None:
+        argv += ["-device", f"loader,file={rom},addr=0xc0000,force-raw=on"]
+    return argv
+
+
 def _spawn(argv: list[str], stdout: Path, stderr: Path) -> subprocess.Popen[bytes]:
     try:
         with open(stdout, "wb") as out, open(stderr, "ab") as err:

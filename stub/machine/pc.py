@@ -5,9 +5,10 @@ ROM, ``Native`` holds the clock and the devices (stub/native), ``Cpu`` runs, and
 (stub/machine/boot) says what goes into RAM and how the kernel is entered. ``PC`` implements
 ``MachineInterface`` for the RSP server, the monitor and the tracer.
 
-The devices start as a BIOS leaves them, not as bare hardware: the 8259A pair initialised with
-every line masked (vectors 0x08 and 0x70, as SeaBIOS sets them) and the i8042's command byte
-as SeaBIOS leaves it. Everything else is in its reset state, as QEMU has it.
+There is no firmware: a Linux kernel is entered at its 32-bit entry with every device in its
+reset state, as QEMU's are. A multiboot guest is entered as QEMU's multiboot loader enters it,
+after SeaBIOS ran: the 8259A pair initialised with every line masked (vectors 0x08 and 0x70)
+and the i8042's command byte as SeaBIOS leaves it.
 """
 
 from __future__ import annotations
@@ -138,9 +139,11 @@ class PC:
         lib.vm_reset_devices(vm)
         rtc.reset(vm, self.rtc_time, self.ram_size)
         pci.reset(vm)
-        kbc.reset(vm)
-        for port, value in PIC_FIRMWARE:
-            lib.vm_pic_write(vm, port, value)
+        lib.vm_kbc_reset(vm)
+        if self.boot.kind == "multiboot":  # QEMU boots those through SeaBIOS: its device state
+            vm.kbc.mode = kbc.FIRMWARE_CTR
+            for port, value in PIC_FIRMWARE:
+                lib.vm_pic_write(vm, port, value)
         lib.vm_update_deadline(vm)
         b = self.boot
         for addr, data in b.blobs:

@@ -419,6 +419,7 @@ static uint8_t read_data(struct vm *m)
     if (s->status & STAT_OBF) {
         s->status &= ~(STAT_OBF | STAT_MOUSE_OBF);
         s->outport &= ~(OUT_OBF | OUT_MOUSE_OBF);
+        set_lines(m);  /* the line drops, so the next byte is a new edge (QEMU deasserts too) */
         switch (s->obsrc) {
         case SRC_KBD:
             s->obdata = pop(&s->kbd);

@@ -3,9 +3,10 @@
  * hw/rtc/mc146818rtc.c with -rtc clock=vm: the date is a base time (vmigdb's --rtc, fixed by
  * default so that runs repeat) plus the virtual clock. UIP is set in the last 244 us of each
  * second, BCD/binary and 12/24-hour formats follow register B, SET freezes the registers and a
- * write of the time moves the base, register C reports and clears PF/AF/UF with IRQF, and the
- * periodic, alarm and update-ended interrupts fire from the clock. The CMOS holds the memory
- * sizes (python fills them as QEMU's pc_cmos_init does).
+ * write of the time moves the base, register C reports and clears PF/AF/UF with IRQF (UF is
+ * set by every update cycle, interrupt enabled or not), and the periodic, alarm and update-ended
+ * interrupts fire from the clock. The CMOS holds the memory sizes (python fills them as QEMU's
+ * pc_cmos_init does).
  */
 #include "vm.h"
 
@@ -125,12 +126,11 @@ static void take_time(struct vm *m)
 static void update_irq(struct vm *m)
 {
     uint8_t *c = m->rtc.cmos;
-    int level = 0;
-    if ((c[REG_C] & C_PF && c[REG_B] & B_PIE) || (c[REG_C] & C_AF && c[REG_B] & B_AIE)
-        || (c[REG_C] & C_UF && c[REG_B] & B_UIE)) {
-        c[REG_C] |= C_IRQF;
-        level = 1;
-    }
+    /* IRQF = PF.PIE + AF.AIE + UF.UIE (each flag sits at its enable's bit): it follows register
+     * B both ways, so turning an enable off with its flag still set clears IRQF (QEMU's
+     * register B write does the same) */
+    int level = (c[REG_C] & c[REG_B] & (C_PF | C_AF | C_UF)) != 0;
+    c[REG_C] = (uint8_t)((c[REG_C] & ~C_IRQF) | (level ? C_IRQF : 0));
     if (level != m->rtc.irq_level) {
         m->rtc.irq_level = level;
         vm_set_irq(m, 8, level);
@@ -158,7 +158,7 @@ static void schedule(struct vm *m)
     } else {
         m->rtc.next_periodic = VM_NEVER;
     }
-    if ((c[REG_B] & (B_UIE | B_AIE)) && running(m)) {
+    if (running(m)) {  /* the update cycle runs whatever UIE/AIE say: UF is set each second */
         uint64_t sec = NS / VM_NS_PER_TICK;
         m->rtc.next_update = (m->now / sec + 1) * sec;
     } else {
@@ -189,10 +189,18 @@ void vm_rtc_reset(struct vm *m, int64_t base_seconds)
     r->cmos[REG_C] = 0;
     r->cmos[REG_D] = 0x80;
     r->next_periodic = VM_NEVER;
-    r->next_update = VM_NEVER;
     r->irq_level = 0;
     latch_time(m);
+    schedule(m);
     vm_set_irq(m, 8, 0);
+}
+
+/* An update cycle that ended without an event (vm_rtc_next_event says why) sets its flags
+ * before register C is read or the cycle is rescheduled. */
+static void catch_up(struct vm *m)
+{
+    if (m->rtc.next_update <= m->now)
+        vm_rtc_run(m, m->now);
 }
 
 uint32_t vm_rtc_read(struct vm *m, uint32_t port)
@@ -213,6 +221,7 @@ uint32_t vm_rtc_read(struct vm *m, uint32_t port)
         return a;
     }
     case REG_C: {
+        catch_up(m);
         uint8_t ret = c[REG_C];
         c[REG_C] = 0;
         update_irq(m);
@@ -241,11 +250,13 @@ void vm_rtc_write(struct vm *m, uint32_t port, uint32_t value)
             take_time(m);
         break;
     case REG_A:
+        catch_up(m);
         c[REG_A] = val & ~A_UIP;
         m->rtc.next_periodic = VM_NEVER;
         schedule(m);
         break;
     case REG_B:
+        catch_up(m);
         if (val & B_SET) {
             if (running(m))
                 latch_time(m);
@@ -268,9 +279,13 @@ void vm_rtc_write(struct vm *m, uint32_t port, uint32_t value)
     }
 }
 
+/* The next time IRQ 8 may change. The update cycle counts only with UIE or AIE: without them
+ * its flags reach nobody until register C is read, which catches up (catch_up), and a machine
+ * halted with IRQ 8 open is not woken every second for nothing. */
 uint64_t vm_rtc_next_event(struct vm *m)
 {
-    return m->rtc.next_periodic < m->rtc.next_update ? m->rtc.next_periodic : m->rtc.next_update;
+    uint64_t update = (m->rtc.cmos[REG_B] & (B_UIE | B_AIE)) ? m->rtc.next_update : VM_NEVER;
+    return m->rtc.next_periodic < update ? m->rtc.next_periodic : update;
 }
 
 void vm_rtc_run(struct vm *m, uint64_t now)

@@ -5,14 +5,9 @@ from __future__ import annotations
 from vmigdb.stub.machine.native import lib
 
 PORTS = {lib.VM_DEV_KBC: (0x60, 0x64)}
-#: The controller command byte SeaBIOS leaves (keyboard interrupt, translation, mouse port off),
-#: so Linux finds the keyboard as it does on QEMU ("AT Translated Set 2 keyboard").
+#: The controller command byte SeaBIOS leaves (keyboard interrupt, translation, mouse port off):
+#: multiboot guests start after SeaBIOS on QEMU.
 FIRMWARE_CTR = 0x61
-
-
-def reset(vm) -> None:
-    lib.vm_kbc_reset(vm)
-    vm.kbc.mode = FIRMWARE_CTR
 
 
 def info(vm) -> list[tuple[str, str]]:
