@@ -1431,13 +1431,38 @@ def test_pci_functions_on_bus_0(vm):
     # early_quirks' scan: the class word of every slot, all ones where nothing is.
     present = [slot for slot in range(32) if conf1_read(vm, slot << 3, 0x0A, 2) != 0xFFFF]
     assert present == [0, 1]
-    for devfn in (0x09, 0x0A, 0x10, 0xF8):  # absent functions and slots
+    assert conf1_read(vm, 0x09, 0x00, 4) == 0x70108086  # PIIX3 IDE, 00:01.1
+    assert conf1_read(vm, 0x09, 0x08, 4) == 0x01018000  # IDE, legacy mode with bus master
+    for devfn in (0x0A, 0x10, 0xF8):  # absent functions and slots
         assert conf1_read(vm, devfn, 0x00, 4) == 0xFFFFFFFF
         assert conf1_read(vm, devfn, 0x0A, 2) == 0xFFFF
         assert conf1_read(vm, devfn, 0x0E, 1) == 0xFF
     assert conf1_read(vm, 0x00, 0x00, 4, bus=1) == 0xFFFFFFFF  # no bus 1
     outl(vm, 0xCF8, 0x00000000)  # enable bit clear: no configuration cycle
     assert inl(vm, 0xCFC) == 0xFFFFFFFF
+
+
+def test_ide_function_bar_and_empty_channels(vm):
+    """ata_piix on QEMU's PIIX3 IDE with no drives: BAR 4 sizes as 16 I/O ports, goes onto the
+    bus where Linux assigns it once I/O decoding is on, and its bus-master status reads 0 (not
+    simplex); the legacy blocks read as an empty bus."""
+    ide = 0x09
+    assert conf1_read(vm, ide, 0x20, 4) == 0x00000001
+    conf1_write(vm, ide, 0x20, 4, 0xFFFFFFFF)
+    assert conf1_read(vm, ide, 0x20, 4) == 0xFFFFFFF1  # size 16, I/O space
+    conf1_write(vm, ide, 0x20, 4, 0x1000)
+    assert conf1_read(vm, ide, 0x20, 4) == 0x1001
+    assert inb(vm, 0x1002) == 0xFF  # decode still off: nothing there
+    conf1_write(vm, ide, 0x04, 2, 0x0001)  # I/O space on
+    assert inb(vm, 0x1002) == 0x00 and inb(vm, 0x100A) == 0x00
+    outb(vm, 0x1002, 0x60)  # drives 0 and 1 DMA capable
+    assert inb(vm, 0x1002) == 0x60 and inb(vm, 0x100A) == 0x00
+    outl(vm, 0x1004, 0x12345677)
+    assert inl(vm, 0x1004) == 0x12345674
+    conf1_write(vm, ide, 0x20, 4, 0x2000)  # moved
+    assert inb(vm, 0x1002) == 0xFF and inb(vm, 0x2002) == 0x60
+    assert [inb(vm, p) for p in (0x1F7, 0x3F6, 0x177, 0x376)] == [0, 0, 0, 0]
+    assert conf1_read(vm, ide, 0x40, 4) == 0  # IDETIM: no channel decodes
 
 
 def test_pci_data_port_widths(vm):
@@ -1498,7 +1523,7 @@ def test_isa_debug_exit(vm):
 
 
 def test_unassigned_ports_read_all_ones(vm):
-    for port in (0x2F9, 0x3E9, 0x2E9, 0x1F7, 0x378, 0xE000):
+    for port in (0x2F9, 0x3E9, 0x2E9, 0x378, 0xE000):
         assert vm.port_owner[port] == lib.VM_DEV_NONE
         assert (inb(vm, port), inw(vm, port), inl(vm, port)) == (0xFF, 0xFFFF, 0xFFFFFFFF)
         outb(vm, port, 0)

@@ -48,6 +48,7 @@ void vm_reset_devices(struct vm *m)
     vm_uart_reset(m);
     vm_kbc_reset(m);
     vm_pci_reset(m);
+    vm_ide_reset(m);
     vm_misc_reset(m);
     vm_update_deadline(m);
 }
@@ -166,6 +167,18 @@ void vm_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 
 /* --- the port bus ---------------------------------------------------------------------------- */
 
+/* Devices with byte registers: a wider access reaches consecutive ports, as QEMU splits it. */
+static int byte_wide(uint8_t owner)
+{
+    switch (owner) {
+    case VM_DEV_PIC: case VM_DEV_PIT: case VM_DEV_SPEAKER: case VM_DEV_COM1: case VM_DEV_RTC:
+    case VM_DEV_KBC: case VM_DEV_PORT92: case VM_DEV_ELCR: case VM_DEV_DMA:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static uint32_t read8(struct vm *m, uint8_t owner, uint32_t port)
 {
     switch (owner) {
@@ -229,13 +242,16 @@ uint32_t vm_device_in(struct vm *m, uint32_t owner, uint32_t port, int size)
     case VM_DEV_DEBUG_EXIT:
     case VM_DEV_DELAY:
         return vm_misc_read(m, owner, port, size);
+    case VM_DEV_IDE:
+        return vm_ide_read(m, port, size);
+    case VM_DEV_BMDMA:
+        return vm_bmdma_read(m, port, size);
     default: {  /* byte-wide devices: a wider access reads consecutive ports */
         uint32_t v = read8(m, (uint8_t)owner, port) & 0xFF;
         for (int i = 1; i < size; i++) {
             uint32_t p = (port + i) & 0xFFFF;
             uint8_t o = m->port_owner[p];
-            uint32_t b = (o == VM_DEV_NONE || o == VM_DEV_PYTHON || o == VM_DEV_PCI)
-                             ? 0xFF : read8(m, o, p) & 0xFF;
+            uint32_t b = byte_wide(o) ? read8(m, o, p) & 0xFF : 0xFF;
             v |= b << (8 * i);
         }
         return v;
@@ -256,12 +272,17 @@ void vm_device_out(struct vm *m, uint32_t owner, uint32_t port, int size, uint32
     case VM_DEV_DELAY:
         vm_misc_write(m, owner, port, size, value);
         return;
+    case VM_DEV_IDE:
+        return;  /* an empty bus */
+    case VM_DEV_BMDMA:
+        vm_bmdma_write(m, port, size, value);
+        return;
     default:
         write8(m, (uint8_t)owner, port, value & 0xFF);
         for (int i = 1; i < size; i++) {
             uint32_t p = (port + i) & 0xFFFF;
             uint8_t o = m->port_owner[p];
-            if (o != VM_DEV_NONE && o != VM_DEV_PYTHON && o != VM_DEV_PCI)
+            if (byte_wide(o))
                 write8(m, o, p, (value >> (8 * i)) & 0xFF);
         }
         return;

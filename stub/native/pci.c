@@ -4,7 +4,8 @@
  * pci_check_type1 writes a byte to 0xCFB first and must read back its own dword), data accesses
  * of any width reach the selected function's 256-byte space through its write mask, and absent
  * functions read all ones. The functions themselves (the i440FX host bridge, the PIIX3 ISA
- * bridge) are described from Python (stub/machine/devices/pci.py).
+ * bridge, the PIIX3 IDE function) are described from Python (stub/machine/devices/pci.py); an
+ * I/O BAR goes onto the port bus when Linux sets it and turns on I/O decoding.
  */
 #include <string.h>
 
@@ -13,6 +14,39 @@
 void vm_pci_reset(struct vm *m)
 {
     m->pci.address = 0;
+    for (int i = 0; i < VM_PCI_FUNCTIONS; i++) {
+        struct vm_pci_function *f = &m->pci.fn[i];
+        if (f->io_mapped)
+            for (uint32_t p = 0; p < f->io_size; p++)
+                m->port_owner[(f->io_mapped + p) & 0xFFFF] = VM_DEV_NONE;
+        f->io_mapped = 0;
+    }
+}
+
+/* Put each function's I/O BAR on the port bus where its base register and command register
+ * say (I/O decode on, base set), and take it off where it was: Linux assigns BARs itself when
+ * no firmware did. */
+void vm_pci_map_bars(struct vm *m)
+{
+    for (int i = 0; i < VM_PCI_FUNCTIONS; i++) {
+        struct vm_pci_function *f = &m->pci.fn[i];
+        if (f->devfn == 0xFF || !f->io_bar)
+            continue;
+        uint32_t bar = f->config[f->io_bar] | (f->config[f->io_bar + 1] << 8)
+                       | ((uint32_t)f->config[f->io_bar + 2] << 16)
+                       | ((uint32_t)f->config[f->io_bar + 3] << 24);
+        uint32_t base = bar & 0xFFFCu;
+        uint32_t want = ((f->config[4] & 1) && base && bar >> 16 == 0) ? base : 0;
+        if (want == f->io_mapped)
+            continue;
+        for (uint32_t p = 0; f->io_mapped && p < f->io_size; p++)
+            if (m->port_owner[(f->io_mapped + p) & 0xFFFF] == f->io_owner)
+                m->port_owner[(f->io_mapped + p) & 0xFFFF] = VM_DEV_NONE;
+        for (uint32_t p = 0; want && p < f->io_size; p++)
+            if (m->port_owner[(want + p) & 0xFFFF] == VM_DEV_NONE)
+                m->port_owner[(want + p) & 0xFFFF] = f->io_owner;
+        f->io_mapped = want;
+    }
 }
 
 int vm_pci_add(struct vm *m, uint8_t devfn, const uint8_t *config, const uint8_t *wmask)
@@ -70,4 +104,6 @@ void vm_pci_write(struct vm *m, uint32_t port, int size, uint32_t value)
         uint8_t b = (value >> (8 * i)) & 0xFF, w = f->wmask[reg + i];
         f->config[reg + i] = (uint8_t)((f->config[reg + i] & ~w) | (b & w));
     }
+    if (f->io_bar && (reg < 8 || (reg >= f->io_bar && reg < f->io_bar + 4u)))
+        vm_pci_map_bars(m);
 }

@@ -51,6 +51,8 @@
 #define VM_DEV_PORT92 11
 #define VM_DEV_ELCR 12
 #define VM_DEV_DMA 13
+#define VM_DEV_IDE 14               /* the legacy IDE blocks: an empty bus */
+#define VM_DEV_BMDMA 15             /* bus-master DMA registers where PCI BAR 4 puts them */
 
 /* Device requests to Python (vm.requests bits), served when emulation stops. */
 #define VM_REQ_EXIT 1               /* isa-debug-exit: vm.exit_code */
@@ -135,11 +137,25 @@ struct vm_pci_function {
     uint8_t devfn;                  /* device << 3 | function; 0xFF: slot unused */
     uint8_t config[256];
     uint8_t wmask[256];             /* writable bits */
+    uint8_t io_bar;                 /* config offset of an I/O BAR, 0 if none */
+    uint8_t io_owner;               /* VM_DEV_* that answers where the BAR points */
+    uint16_t io_size;
+    uint32_t io_mapped;             /* the base its ports are on the bus at now, 0 if none */
 };
 
 struct vm_pci {
     uint32_t address;               /* 0xCF8 */
     struct vm_pci_function fn[VM_PCI_FUNCTIONS];
+};
+
+struct vm_bmdma {
+    uint8_t cmd, status;
+    uint32_t addr;
+};
+
+struct vm_ide {                     /* PIIX3 IDE, no drives (ide.c) */
+    struct vm_bmdma bm[2];
+    uint32_t function;              /* its slot in vm_pci.fn */
 };
 
 struct vm_misc {
@@ -224,6 +240,7 @@ struct vm {
     struct vm_rtc rtc;
     struct vm_kbc kbc;
     struct vm_pci pci;
+    struct vm_ide ide;
     struct vm_misc misc;
 };
 
@@ -286,6 +303,11 @@ void vm_pci_reset(struct vm *m);
 uint32_t vm_pci_read(struct vm *m, uint32_t port, int size);
 void vm_pci_write(struct vm *m, uint32_t port, int size, uint32_t value);
 int vm_pci_add(struct vm *m, uint8_t devfn, const uint8_t *config, const uint8_t *wmask);
+void vm_pci_map_bars(struct vm *m);
+void vm_ide_reset(struct vm *m);
+uint32_t vm_ide_read(struct vm *m, uint32_t port, int size);
+uint32_t vm_bmdma_read(struct vm *m, uint32_t port, int size);
+void vm_bmdma_write(struct vm *m, uint32_t port, int size, uint32_t value);
 void vm_misc_reset(struct vm *m);
 uint32_t vm_misc_read(struct vm *m, uint32_t owner, uint32_t port, int size);
 void vm_misc_write(struct vm *m, uint32_t owner, uint32_t port, int size, uint32_t value);
