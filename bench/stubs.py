@@ -44,7 +44,7 @@ from bench.peers import (
 )
 from vmigdb import decode
 from vmigdb.sites import ElfImage
-from vmigdb.stub import multiboot
+from vmigdb.stub.machine.boot import multiboot
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
