@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sys
 
-from bench import capture, gdb_paths, machine, stubs
+from bench import capture, gdb_paths, linux, machine, stubs
 
 
 def main() -> int:
     status = 0
-    for part in (machine, stubs, gdb_paths, capture):
+    for part in (machine, linux, stubs, gdb_paths, capture):
         status = part.main() or status
     return status
 
