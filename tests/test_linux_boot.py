@@ -145,3 +145,31 @@ def test_bad_input_gets_one_line_and_exit_2(linux: Linux, tmp_path: Path, case: 
     assert {"truncated": "truncated bzImage", "corrupt": "corrupt bzImage",
             "too-big-initrd": "does not fit", "memory-8": "outside 16..3072",
             "memory-4000": "outside 16..3072"}[case] in lines[0]
+
+
+def test_console_input_from_a_pipe_reaches_linux(linux: Linux, tmp_path: Path) -> None:
+    """COM1's input comes from vmigdb's stdin: a line typed once /init waits for it arrives
+    through the 8250's receive interrupt, the tty echoes it, /init reads it whole."""
+    from linux.initramfs import build_echo_initramfs
+
+    initrd = build_echo_initramfs(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "vmigdb.cli", "run", str(linux.bzimage),
+                             "--initrd", str(initrd), "--append", APPEND],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        seen = b""
+        while b"ECHO: ready" not in seen:
+            chunk = proc.stdout.read1(4096)
+            assert chunk, seen[-2000:]
+            seen += chunk
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (seen + rest).decode(errors="replace").replace("\r", "")
+    assert "ECHO: ready\nhello\nECHO: got hello\n" in log
+    assert proc.returncode == 6  # the line's length, hello and its newline

@@ -42,12 +42,17 @@ def _cmd_rom_info(args: argparse.Namespace) -> int:
 
 
 def _machine(args: argparse.Namespace):  # -> vmigdb.stub.machine.Machine
-    """The machine the run/serve arguments describe."""
+    """The machine the run/serve arguments describe, with COM1's input from stdin when that
+    is a terminal or a pipe."""
     from vmigdb.stub.machine import Machine
+    from vmigdb.stub.machine.serialin import SerialInput
 
-    return Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline,
-                              ram_size=args.memory << 20, initrd=args.initrd,
-                              rtc_time=args.rtc, no_reboot=args.no_reboot)
+    machine = Machine.from_files(args.guest, rom=args.rom, cmdline=args.cmdline,
+                                 ram_size=args.memory << 20, initrd=args.initrd,
+                                 rtc_time=args.rtc, no_reboot=args.no_reboot)
+    if SerialInput.usable(0):
+        machine.connect_input(0)
+    return machine
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -87,9 +92,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from vmigdb.stub.monitor import default_table
-    from vmigdb.stub.server import serve
+    from vmigdb.stub.server import PacketLog, serve
     from vmigdb.stub.vmitrace import VmiTracer, queries, register_monitor
 
+    packet_log = None
+    if args.log_packets:  # before the machine: a bad path fails at once
+        try:
+            packet_log = PacketLog.open(args.log_packets)
+        except OSError as e:
+            raise VmiError(f"cannot write {args.log_packets}: {e.strerror or e}") from None
     machine = _machine(args)
     monitor = default_table()
     tracer = VmiTracer(machine)
@@ -110,9 +121,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         serve(machine, host=args.listen, port=args.port, ready=ready, monitor=monitor,
-              queries=queries(tracer))
+              queries=queries(tracer), packet_log=packet_log)
     except OSError as e:
         raise VmiError(f"cannot listen on {args.listen}:{args.port}: {e.strerror}") from None
+    finally:
+        if packet_log is not None:
+            packet_log.close()
     return EXIT_OK
 
 
@@ -239,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--listen", default="127.0.0.1", help="address to listen on")
     srv.add_argument("--trace", action="store_true",
                      help="start the VMI tracer at once (else: monitor vmi trace on)")
+    srv.add_argument("--log-packets", metavar="FILE",
+                     help="append one line per RSP packet each way to FILE (-: stderr)")
     srv.set_defaults(func=_cmd_serve)
 
     cap = sub.add_parser("capture", help="run a guest under gdb and write its VMI trace")

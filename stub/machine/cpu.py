@@ -62,7 +62,15 @@ from unicorn import (
 
 from vmigdb import x86
 from vmigdb.stub.machine.memory import Memory, pages
-from vmigdb.stub.machine.native import NEVER, Native, add_c_hook, del_c_hook, ffi, lib
+from vmigdb.stub.machine.native import (
+    NEVER,
+    NS_PER_TICK,
+    Native,
+    add_c_hook,
+    del_c_hook,
+    ffi,
+    lib,
+)
 from vmigdb.stub.machine.registers import Registers
 from vmigdb.stub.machine.stops import CodeHook, Stop, StopReason
 
@@ -128,6 +136,12 @@ class Cpu:
         #: Device requests (serial output, exit, reset) served between runs; returns a Stop to
         #: end the run with, or None to go on. Set by the PC.
         self.serve_devices: Callable[[int], Stop | None] = lambda requests: None
+        #: Host input for the devices (COM1), polled between runs; ``wait_input(seconds)``
+        #: waits up to that long (None: for ever) for some, True if there may be some now.
+        #: Set by the PC when it has an input source.
+        self.poll_input: Callable[[], None] = lambda: None
+        self.wait_input: Callable[[float | None], bool] = lambda seconds: False
+        self.wake: Callable[[], None] = lambda: None
         self._lock = threading.Lock()
         self._running = False
         self._stopped = threading.Event()
@@ -282,6 +296,7 @@ class Cpu:
     def _run_once(self, resume: bool) -> Stop | None:
         if self._ended is not None:
             return self._ended
+        self.poll_input()
         with self._lock:
             if self._interrupt_req:
                 self._interrupt_req = False
@@ -368,6 +383,7 @@ class Cpu:
                     self._interrupt_req = False
                     vm.rc.stop = 0
                     return Stop(StopReason.INTERRUPTED, eip, message="interrupted")
+            self.poll_input()
             if vm.pic.output:
                 self._halted = None
                 return self._deliver_external(eip)
@@ -376,12 +392,18 @@ class Cpu:
                 return stop
             nxt = lib.vm_next_event(vm)
             if nxt == NEVER or not self._timer_can_interrupt():
+                if self.wait_input(None):  # only the host's input can wake it: wait for that
+                    continue
                 self._halted = None
                 return Stop(StopReason.HALT, eip,
                             message=f"hlt at {eip - 1:#x} with interrupts enabled and no "
                                     "interrupt source that can wake it (no timer armed, or "
                                     "its line masked at the PIC)")
             if nxt > vm.ticks:
+                # An interactive input source paces idle time to real time, so a guest waiting
+                # for a key does not race through virtual seconds; input cuts the wait short.
+                if self.wait_input((nxt - vm.ticks) * NS_PER_TICK / 1e9):
+                    continue
                 vm.idle_ticks += nxt - vm.ticks
                 self.native.set_ticks(nxt)
             lib.vm_run_timers(vm)
@@ -419,6 +441,7 @@ class Cpu:
         with self._lock:
             self._interrupt_req = True
             self.vm.rc.stop = 1
+        self.wake()  # a wait for host input ends too
 
     def _emulate(self, pc: int, count: int, resume: bool) -> UcError | None:
         self._stop = None

@@ -29,6 +29,7 @@ from vmigdb.stub.machine.cpu import Cpu
 from vmigdb.stub.machine.devices import kbc, pci, rtc
 from vmigdb.stub.machine.memory import Memory
 from vmigdb.stub.machine.native import NS_PER_TICK, Native, ffi, lib
+from vmigdb.stub.machine.serialin import SerialInput
 from vmigdb.stub.machine.stops import (
     CodeHook,
     PortObserver,
@@ -122,6 +123,7 @@ class PC:
         self.cpu.serve_devices = self._serve_devices
         self._serial_failed = False
         self._observers: dict[int, list[PortObserver]] = {}
+        self.serial_input: SerialInput | None = None
         self.reset(fresh=True)
 
     # --- reset -------------------------------------------------------------------------------------
@@ -204,6 +206,14 @@ class PC:
     def feed_serial(self, data: bytes) -> int:
         """Bytes for COM1's receiver; how many it took (its FIFO holds 16)."""
         return lib.vm_uart_receive(self.vm, data, len(data))
+
+    def connect_input(self, fd: int) -> None:
+        """COM1's input from ``fd`` (vmigdb's stdin: a terminal or a pipe; serialin.py)."""
+        source = SerialInput(fd)
+        self.serial_input = source
+        self.cpu.poll_input = lambda: source.poll(self.feed_serial)
+        self.cpu.wait_input = source.wait
+        self.cpu.wake = source.wake
 
     # --- MachineInterface -------------------------------------------------------------------------
     def run(self) -> Stop:

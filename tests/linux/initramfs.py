@@ -149,6 +149,22 @@ def build_initramfs(out_dir: Path) -> Path:
     return out
 
 
+def build_echo_initramfs(out_dir: Path) -> Path:
+    """``out_dir/echo-initramfs.cpio.gz``: /dev/console and /init = echo.c (a console session
+    through the 8250's receive interrupt). Returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj, init = out_dir / "echo.o", out_dir / "echo-init"
+    _run(["gcc", *CFLAGS, "-c", str(HERE / "echo.c"), "-o", str(obj)])
+    _run(["ld", "-m", "elf_i386", "-static", "-nostdlib", "-e", "_start", "--build-id=none",
+          "-o", str(init), str(obj)])
+    archive = newc([Entry("dev", S_IFDIR | 0o755),
+                    Entry("dev/console", S_IFCHR | 0o600, rdev=(5, 1)),
+                    Entry("init", S_IFREG | 0o755, init.read_bytes())])
+    out = out_dir / "echo-initramfs.cpio.gz"
+    out.write_bytes(gzip.compress(archive, compresslevel=9, mtime=0))
+    return out
+
+
 def main(argv: list[str]) -> int:
     """Command line: build into argv[1] (default build/linux-probe) and print the path."""
     out_dir = Path(argv[1]) if len(argv) > 1 else REPO / "build" / "linux-probe"
