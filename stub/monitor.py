@@ -1,15 +1,18 @@
 """``monitor ...`` commands (gdb's qRcmd): a table from command words to handlers.
 
 The server hex-decodes the command line and calls ``MonitorTable.dispatch``; a handler writes text
-through the context and raises ``MonitorError`` for a user mistake (the server prints the message
-and answers ``E01``, so a ``gdb -batch`` script fails loudly). Nothing from the wire is evaluated:
-numbers are parsed with ``int(text, 0)``. Later features (``vmi trace ...``, ``vmi rom``) register
-more rows with ``MonitorTable.register``. Output formats follow QEMU's HMP where it has the command,
-so the same scripts can read both targets.
+through the context and raises ``MonitorError`` for a user mistake. The server prints that message
+and still answers ``OK``, as QEMU's gdbstub does (its HMP prints the error, the reply is ``OK``):
+gdb 13 shows an ``E`` reply as "Protocol error with Rcmd" after the message. Nothing from the
+wire is evaluated: numbers are parsed with ``int(text, 0)``. Later features (``vmi trace ...``,
+``vmi rom``) register more rows with ``MonitorTable.register``. Names and output formats follow
+QEMU's HMP where it has the command (``x``, ``xp``, ``info cpus``, ``system_reset``), so the same
+scripts can read both targets.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,6 +22,7 @@ from vmigdb.decode import CR0_BITS, CR4_BITS, EFER_BITS, EFLAGS_BITS, bit_names
 from vmigdb.errors import VmiError
 
 from .machine import MachineInterface, MemoryFault
+from .target import ADDRESS_SPACE
 
 
 class MonitorError(VmiError):
@@ -59,6 +63,7 @@ class MonitorTable:
         return sorted(self._commands.values(), key=lambda c: c.words)
 
     def dispatch(self, ctx: MonitorContext, line: str) -> None:
+        line = _split_format(line)
         words = line.split()
         if not words:
             raise MonitorError("empty monitor command; try 'monitor help'")
@@ -78,6 +83,14 @@ class MonitorTable:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+def _split_format(line: str) -> str:
+    """``x/4xw ADDR`` as ``x /4xw ADDR``: QEMU's HMP ends a command name at a slash too."""
+    text = line.strip()
+    first = text.split(maxsplit=1)[0] if text else ""
+    cut = first.find("/", 1)
+    return text if cut < 0 else f"{text[:cut]} {text[cut:]}"
 
 
 def _reg(machine: MachineInterface, name: str) -> int | None:
@@ -201,56 +214,121 @@ def cmd_info_tlb(ctx: MonitorContext, args: str) -> None:
     _render_mappings(ctx, pagetable.render_info_tlb)
 
 
-_XP_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
+#: QEMU's memory_dump units (``/NFS``: count, format letter, size letter).
+DUMP_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
+DUMP_FORMATS = "xduoc"
+MAX_DUMP_UNITS = 0x10000
+#: monitor_printc's escapes for ``/c``.
+_CHAR_ESCAPES = {ord("'"): "\\'", ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r"}
 
 
-def cmd_xp(ctx: MonitorContext, args: str) -> None:
-    """``xp /NFS ADDR``: N units, format F (x d u o c), size S (b h w g), physical address."""
+@dataclass(frozen=True)
+class DumpRequest:
+    """``x``/``xp`` arguments: ``count`` units of ``size`` bytes shown as ``letter`` from
+    ``addr``."""
+
+    count: int
+    letter: str
+    size: int
+    addr: int
+
+
+def parse_dump(name: str, args: str) -> DumpRequest:
+    """``/NFS ADDR`` as QEMU's HMP reads it: N units (1), format x d u o c (x), size b h w g
+    (w); ``c`` means bytes. MonitorError on a mistake."""
     fmt, addr_text = "", args.strip()
     if addr_text.startswith("/"):
         fmt, _, addr_text = addr_text[1:].partition(" ")
         addr_text = addr_text.strip()
     if not addr_text:
-        raise MonitorError("usage: xp /NFS ADDR  (e.g. xp /4xw 0xc0000)")
-    digits = ""
-    while fmt and fmt[0].isdigit():
-        digits, fmt = digits + fmt[0], fmt[1:]
-    count = int(digits) if digits else 1
-    fmt_char, size = "x", 4
-    for ch in fmt:
-        if ch in _XP_SIZES:
-            size = _XP_SIZES[ch]
-        elif ch in "xduoc":
-            fmt_char = ch
+        raise MonitorError(f"usage: {name} /NFS ADDR  (e.g. {name} /4xw 0xc0000)")
+    digits = len(fmt) - len(fmt.lstrip("0123456789"))
+    count = int(fmt[:digits]) if digits else 1
+    letter, size = "x", 4
+    for ch in fmt[digits:]:
+        if ch in DUMP_SIZES:
+            size = DUMP_SIZES[ch]
+        elif ch in DUMP_FORMATS:
+            letter = ch
         else:
-            raise MonitorError(f"xp: unknown format letter {ch!r}")
-    if fmt_char == "c":
-        size = 1
+            raise MonitorError(f"{name}: unknown format letter {ch!r}")
+    if count > MAX_DUMP_UNITS:
+        raise MonitorError(f"{name}: count too large (at most {MAX_DUMP_UNITS})")
     addr = parse_number(addr_text)
-    if count > 0x10000:
-        raise MonitorError("xp: count too large (at most 65536)")
-    try:
-        data = ctx.machine.read_phys(addr, count * size)
-    except MemoryFault as exc:
-        raise MonitorError(f"cannot access physical memory at {exc.addr:#x}") from None
-    per_line = max(1, 16 // size)
-    lines = []
-    for i in range(0, count, per_line):
-        cells = []
-        for j in range(i, min(count, i + per_line)):
-            v = int.from_bytes(data[j * size:(j + 1) * size], "little")
-            if fmt_char == "x":
-                cells.append(f"0x{v:0{size * 2}x}")
-            elif fmt_char == "u":
-                cells.append(str(v))
-            elif fmt_char == "d":
-                cells.append(str(v - (1 << (8 * size)) if v >> (8 * size - 1) else v))
-            elif fmt_char == "o":
-                cells.append(f"{v:#o}")
-            else:
-                cells.append(repr(chr(v)) if 32 <= v < 127 else f"'\\x{v:02x}'")
-        lines.append(f"{addr + i * size:016x}: " + " ".join(cells) + "\n")
-    ctx.write("".join(lines))
+    if addr < 0:
+        raise MonitorError(f"{name}: not an address: {addr_text!r}")
+    return DumpRequest(count, letter, 1 if letter == "c" else size, addr)
+
+
+def _char_cell(v: int) -> str:
+    """QEMU's monitor_printc: a quoted character, escaped when not printable."""
+    if v in _CHAR_ESCAPES:
+        return f"'{_CHAR_ESCAPES[v]}'"
+    return f"'{chr(v)}'" if 32 <= v <= 126 else f"'\\x{v:02x}'"
+
+
+def _dump_cell(v: int, letter: str, size: int) -> str:
+    """One unit the way QEMU's memory_dump prints it (widths from the unit size)."""
+    bits = 8 * size
+    if letter == "x":
+        return f"0x{v:0{bits // 4}x}"
+    if letter == "c":
+        return _char_cell(v)
+    if letter == "o":
+        return (f"0{v:o}" if v else "0").rjust(-(-bits // 3))
+    if letter == "d" and size == 8 and v >> 63:
+        v -= 1 << 64  # only the 64-bit unit is signed there: PRId64 of a uint64_t
+    return str(v).rjust(-(-bits * 10 // 33))
+
+
+def memory_dump(req: DumpRequest, read: Callable[[int, int], bytes], addr_digits: int) -> str:
+    """QEMU's memory_dump: lines of 16 bytes (8 for byte units), each read on its own; an
+    unreadable line ends the dump with "Cannot access memory" after its address."""
+    out = []
+    addr, remaining = req.addr, req.count * req.size
+    line_size = 8 if req.size == 1 else 16
+    while remaining > 0:
+        n = min(remaining, line_size)
+        prefix = f"{addr:0{addr_digits}x}:"
+        try:
+            data = read(addr, n)
+        except MemoryFault:
+            out.append(f"{prefix} Cannot access memory\n")
+            break
+        cells = [_dump_cell(int.from_bytes(data[i:i + req.size], "little"), req.letter, req.size)
+                 for i in range(0, n, req.size)]
+        out.append(prefix + "".join(f" {c}" for c in cells) + "\n")
+        addr += n
+        remaining -= n
+    return "".join(out)
+
+
+def _read_virtual(machine: MachineInterface) -> Callable[[int, int], bytes]:
+    """Virtual reads that never leave the 32-bit space (the machine would wrap them)."""
+
+    def read(addr: int, n: int) -> bytes:
+        if addr + n > ADDRESS_SPACE:
+            raise MemoryFault(max(addr, ADDRESS_SPACE))
+        return machine.read_virt(addr, n)
+
+    return read
+
+
+def cmd_xp(ctx: MonitorContext, args: str) -> None:
+    """``xp /NFS ADDR``: physical memory, addresses as 16 digits (QEMU's HWADDR_FMT_plx)."""
+    ctx.write(memory_dump(parse_dump("xp", args), ctx.machine.read_phys, 16))
+
+
+def cmd_x(ctx: MonitorContext, args: str) -> None:
+    """``x /NFS ADDR``: virtual memory through the guest's page tables, addresses as 8 digits
+    (QEMU's TARGET_FMT_lx for i386)."""
+    ctx.write(memory_dump(parse_dump("x", args), _read_virtual(ctx.machine), 8))
+
+
+def cmd_info_cpus(ctx: MonitorContext, args: str) -> None:
+    """QEMU's ``info cpus``: the one CPU, current (``*``), and the host thread that runs it (the
+    one answering: the machine runs in the thread that serves gdb)."""
+    ctx.write(f"* CPU #0: thread_id={threading.get_native_id()}\n")
 
 
 def cmd_info_device(ctx: MonitorContext, args: str) -> None:
@@ -299,8 +377,11 @@ def default_table() -> MonitorTable:
     table.register("info tlb", cmd_info_tlb, "every mapped page: va: pa flags (page-table walk)")
     for topic in ("pic", "pit", "serial", "rtc", "i8042", "pci", "ports", "clock", "boot"):
         table.register(f"info {topic}", cmd_info_device, f"the machine's {topic} state")
+    table.register("info cpus", cmd_info_cpus, "the CPU and the host thread that runs it")
+    table.register("x", cmd_x, "dump virtual memory (QEMU syntax)", "/NFS ADDR")
     table.register("xp", cmd_xp, "dump physical memory (QEMU syntax)", "/NFS ADDR")
     table.register("reset", cmd_reset, "reset the machine to its power-on state")
+    table.register("system_reset", cmd_reset, "QEMU's name for reset")
     table.register("phys", cmd_phys, "gdb memory accesses use physical addresses (on) or virtual",
                    "on|off")
     return table

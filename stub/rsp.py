@@ -31,7 +31,9 @@ _ESCAPE_ORDER = (b"}", b"#", b"$", b"*")
 
 
 class RspError(ValueError):
-    """A packet gdb sent is malformed (bad hex, missing field): the server answers ``E01``."""
+    """A packet gdb sent is malformed (bad hex, missing field, no such register): the server
+    answers ``E01`` and logs nothing. Every parser here and in ``target`` raises only this for
+    bad input, so any other exception out of a packet handler is a bug, and logged as one."""
 
 
 class Event(enum.IntEnum):
@@ -188,6 +190,16 @@ def parse_hex(text: bytes) -> int:
     if not text or not all(c in _HEXDIGITS for c in text):
         raise RspError(f"bad hex number: {text[:40]!r}")
     return int(text, 16)
+
+
+def printable(payload: bytes, limit: int = 512) -> str:
+    """A payload as one line of text for a log: printable ASCII as is, anything else (and the
+    backslash) as ``\\xNN``; longer than ``limit`` characters it is cut, saying how long it was."""
+    text = payload[: limit + 1].decode("latin-1")
+    out = "".join(c if " " <= c <= "~" and c != "\\" else f"\\x{ord(c):02x}" for c in text)
+    if len(out) > limit or len(payload) > limit:
+        return f"{out[:limit]}... ({len(payload)} bytes)"
+    return out
 
 
 def le_hex(value: int, size: int) -> bytes:

@@ -1,17 +1,33 @@
-"""The gdb remote stub's TCP side: one gdb at a time, a reader thread, run control, a dispatch table.
+"""The gdb remote stub's TCP side: one gdb at a time, a lobby, run control, a dispatch table.
 
 Threads and why (pyOCD's packet-IO model, shared reference gdb-remote-protocol.md §3.6):
-* an acceptor thread owns the listener, so a second gdb gets a clear refusal while the first works;
+* the lobby thread (``lobby.py``) owns the listener and every connection that has not yet sent a
+  packet: a silent or trickling connection is bounded there (handshake deadline, idle limit, a
+  cap, accept() that survives the open-file limit), and only a peer that speaks RSP is offered
+  the seat; a second gdb gets a clear refusal while the first works, and a gdb that closed
+  without ``D`` and reconnected at once waits the moment its old session takes to end;
 * per connection, the thread that called ``serve_forever`` reads the socket itself while the
   machine is stopped (no hand-off between threads per packet: each one cost a wake-up, which is
   most of a stepi's time on a loaded host), splits the stream (``rsp.Decoder``), answers
   ``-``/resends, handles packets and runs the machine (``run``/``step`` are plain calls between
   Unicorn runs; nothing here runs inside a Unicorn hook);
 * while a ``continue`` runs, a watcher thread owns ``recv`` instead: it sees a Ctrl-C (0x03) and
-  calls ``machine.interrupt()``, and keeps anything else for after the run.
+  calls ``machine.interrupt()``, and keeps anything else for after the run. A Ctrl-C counts only
+  while the run is under way: the machine keeps an interrupt that comes between runs for the next
+  one, so one that raced a stop would stop the next plain ``continue`` at once. The watcher stops
+  interrupting when the run returns, and a run that stops "interrupted" although nobody asked
+  during it (the leftover of such a race, consumed by that stop) is simply run again.
 
 Replies are framed once and written with one ``sendall`` (ack included) on a TCP_NODELAY socket:
 without both, every stepi costs a Nagle/delayed-ACK round (~360 ms measured).
+
+Errors, translated once (``_Session._answer``): a malformed packet (``rsp.RspError``, which every
+parser raises) -> ``E01``; an address the machine cannot reach, or one past the 32-bit space
+(never wrapped) -> ``E14``; a well-formed request the machine refuses (a selector it cannot load)
+-> ``E01`` and a log line; anything else is a bug -> ``E03`` and one log line saying where, and
+the stub keeps serving. ``monitor`` errors print their message and answer ``OK``, as QEMU does
+(an ``E`` made gdb add "Protocol error with Rcmd"). ``--log-packets`` (``PacketLog``) writes one
+line per packet each way.
 
 Stop mapping (documented contract):
 * STEP, HOOK -> ``T05``; BREAKPOINT -> ``T05swbreak:`` or ``T05hwbreak:`` by the Z type that
@@ -40,13 +56,15 @@ import select
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
+from typing import TextIO
 from xml.sax.saxutils import quoteattr
 
 from vmigdb.errors import VmiError
 
-from . import rsp, target
+from . import lobby, rsp, target
 from .machine import Machine, MemoryFault, Stop, StopReason
 from .monitor import MonitorError, MonitorTable, default_table
 
@@ -70,6 +88,13 @@ MAX_READ = (rsp.PACKET_SIZE - 16) // 2
 MAX_WATCH_LEN = 1 << 20
 REFUSAL = b"E.vmigdb: another gdb is already connected to this stub"
 _O_CHUNK = 4096  # console text characters per O packet (hex doubles them; PacketSize allows)
+#: Error replies (errno values, as gdbserver and QEMU use them).
+E_MALFORMED = b"E01"  # a malformed packet, or a request the machine refuses
+E_INTERNAL = b"E03"  # a bug in the stub: logged, the session goes on
+E_FAULT = b"E14"  # EFAULT: an address the machine cannot reach
+#: Times a continue is run again after an interrupt nobody asked for during it (one is left at
+#: most: the machine keeps a single pending request).
+STALE_INTERRUPT_RETRIES = 2
 
 MEMORY_MAP_HEAD = (
     '<?xml version="1.0"?>\n<!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD GDB Memory Map '
@@ -99,18 +124,71 @@ def memory_map_xml(regions: list[tuple[int, int, str]]) -> bytes:
         out.append(f'<memory type={quoteattr("rom" if kind == "rom" else "ram")} '
                    f'start="{start:#x}" length="{length:#x}"/>')
         pos = start + length
-    if pos < 1 << 32:
-        out.append(f'<memory type="ram" start="{pos:#x}" length="{(1 << 32) - pos:#x}"/>')
+    if pos < target.ADDRESS_SPACE:
+        out.append(f'<memory type="ram" start="{pos:#x}" '
+                   f'length="{target.ADDRESS_SPACE - pos:#x}"/>')
     out.append("</memory-map>")
     return "\n".join(out).encode()
 
 
-def _is_resume(payload: bytes) -> bool:
-    return payload[:1] in (b"c", b"C", b"s", b"S") or payload.startswith(b"vCont;")
-
-
 def _default_log(message: str) -> None:
     print(f"vmigdb stub: {message}", file=sys.stderr, flush=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one log line: type, message and the innermost frame that raised it."""
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = f" (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name})"
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}{where}"
+
+
+class PacketLog:
+    """``vmigdb serve --log-packets FILE``: one line per packet in each direction, like QEMU's
+    ``trace_gdbstub_io_command``/``_reply`` events and pyOCD's packet trace.
+
+    A line is ``<unix time> <peer> recv|send|note <payload>``, the payload as ``rsp.printable``
+    shows it (escapes decoded, binary as ``\\xNN``, long ones cut); ``note`` is what is not a
+    packet (a Ctrl-C, a bad checksum, a refusal, a handler's error). Thread-safe (the run watcher
+    notes a Ctrl-C while the session sends) and flushed per line, so a crash keeps its lead-up.
+    """
+
+    def __init__(self, stream: TextIO, *, owned: bool = False) -> None:
+        self._stream = stream
+        self._owned = owned
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str) -> PacketLog:
+        """Append to ``path`` ("-": stderr); OSError if it cannot be written."""
+        if path == "-":
+            return cls(sys.stderr)
+        return cls(open(path, "a", encoding="utf-8"), owned=True)  # kept open: one per stub
+
+    def recv(self, peer: str, payload: bytes) -> None:
+        self._line(peer, "recv", rsp.printable(payload))
+
+    def send(self, peer: str, payload: bytes) -> None:
+        self._line(peer, "send", rsp.printable(payload))
+
+    def note(self, peer: str, text: str) -> None:
+        self._line(peer, "note", text)
+
+    def _line(self, peer: str, kind: str, text: str) -> None:
+        with self._lock:
+            try:
+                self._stream.write(f"{time.time():.6f} {peer} {kind} {text}\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # a full disk or a closed file must not end a session
+                pass
+
+    def close(self) -> None:
+        if self._owned:
+            with self._lock:
+                self._stream.close()
 
 
 class Server:
@@ -118,23 +196,26 @@ class Server:
 
     Run ``serve_forever()`` in the thread that should drive the machine; ``stop()`` from any
     thread ends it (the current connection is closed, a running machine interrupted).
+    ``limits`` bound the connections that are not the session (``lobby.Limits``).
     """
 
     def __init__(self, machine: Machine, host: str = "127.0.0.1", port: int = 1234, *,
                  ready: Callable[[int], None] | None = None, monitor: MonitorTable | None = None,
                  log: Callable[[str], None] | None = None,
-                 queries: dict[bytes, Query] | None = None) -> None:
+                 queries: dict[bytes, Query] | None = None,
+                 packet_log: PacketLog | None = None,
+                 limits: lobby.Limits | None = None) -> None:
         self.machine = machine
         self.monitor = monitor if monitor is not None else default_table()
         #: vmigdb's own ``q`` packets by name (``qvmigdb.raw``): handler(arguments) -> reply.
         self.queries = dict(queries or {})
         self.log = log or _default_log
+        self.packets = packet_log
         self._ready = ready
         self._lock = threading.Lock()
-        self._busy = False
         self._stopping = False
         self._session: _Session | None = None
-        self._pending: queue.SimpleQueue[tuple[socket.socket, str] | None] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[_Session | None] = queue.SimpleQueue()
         self.exited = False  # the guest exited: reset before the next gdb
         try:
             self._listener = socket.create_server((host, port), reuse_port=False)
@@ -142,76 +223,58 @@ class Server:
             raise VmiError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.host = host
         self.port: int = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, name="vmigdb-accept",
-                                          daemon=True)
+        self._lobby = lobby.Lobby(self._listener, self._offer, refusal=REFUSAL, log=self.log,
+                                  limits=limits)
+
+    @property
+    def _busy(self) -> bool:
+        """A gdb holds the seat (admitted, until its session has ended)."""
+        return self._session is not None
 
     # --- connections ---------------------------------------------------------------------------
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn, addr = self._listener.accept()
-            except OSError:
-                return
-            peer = f"{addr[0]}:{addr[1]}"
-            with self._lock:
-                if self._stopping:
-                    conn.close()
-                    return
-                busy = self._busy
-                self._busy = True
-            if busy:
-                threading.Thread(target=self._refuse, args=(conn, peer), daemon=True).start()
-            else:
-                self._pending.put((conn, peer))
-
-    def _refuse(self, conn: socket.socket, peer: str) -> None:
-        """Answer the newcomer's first packet (qSupported) with a textual error, then close."""
-        self.log(f"refused gdb from {peer}: another gdb is connected")
-        try:
-            conn.settimeout(2.0)
-            decoder = rsp.Decoder()
-            got = False
-            while not got:
-                data = conn.recv(4096)
-                if not data:
-                    break
-                got = any(ev is rsp.Event.PACKET for ev, _ in decoder.feed(data))
-            if got:
-                conn.sendall(b"+" + rsp.frame(REFUSAL))
-        except OSError:
-            pass
-        finally:
-            _close(conn)
+    def _offer(self, cand: lobby.Candidate) -> lobby.Verdict:
+        """The lobby's question for a connection that sent its first packet (lobby thread)."""
+        with self._lock:
+            if self._stopping:
+                return lobby.Verdict.REFUSE
+            current = self._session
+            if current is None:
+                cand.conn.setblocking(True)
+                self._session = _Session(self, cand.conn, cand.peer, bytes(cand.received))
+                self._pending.put(self._session)
+                return lobby.Verdict.ADMIT
+        if current is not None and current.ending():
+            return lobby.Verdict.WAIT  # a gdb that left without D: its session is ending
+        self.log(f"refused gdb from {cand.peer}: another gdb is connected")
+        if self.packets:
+            self.packets.note(cand.peer, "refused: another gdb is connected")
+        return lobby.Verdict.REFUSE
 
     def serve_forever(self) -> None:
         """Serve connections until ``stop()``; the machine runs in this thread."""
-        self._acceptor.start()
+        self._lobby.start()
         self.log(f"listening on {self.host}:{self.port}")
         if self._ready:
             self._ready(self.port)
         try:
-            while True:
-                item = self._pending.get()
-                if item is None:
-                    break
-                conn, peer = item
+            while (session := self._pending.get()) is not None:
                 if self._stopping:
-                    _close(conn)
+                    lobby.close(session.conn)
                     break
-                session = _Session(self, conn, peer)
-                with self._lock:
-                    self._session = session
-                try:
-                    session.run()
-                except Exception:  # noqa: BLE001 - a bug costs this connection, not the stub
-                    self.log(f"session with {peer} failed:\n{traceback.format_exc()}")
-                    _close_quietly(conn)
-                finally:
-                    with self._lock:
-                        self._session = None
-                        self._busy = False
+                self._serve(session)
         finally:
             self.close()
+
+    def _serve(self, session: _Session) -> None:
+        try:
+            session.run()
+        except Exception:  # noqa: BLE001 - a bug costs this connection, not the stub
+            self.log(f"session with {session.peer} failed:\n{traceback.format_exc()}")
+            lobby.close(session.conn)
+        finally:
+            with self._lock:
+                self._session = None
+            self._lobby.wake()  # a gdb waiting for this seat gets it now
 
     def stop(self) -> None:
         """Thread-safe: end ``serve_forever`` soon."""
@@ -226,8 +289,9 @@ class Server:
     def close(self) -> None:
         with self._lock:
             self._stopping = True
+        self._lobby.stop()
         try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+            self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._listener.close()
@@ -235,23 +299,67 @@ class Server:
 
 def serve(machine: Machine, host: str = "127.0.0.1", port: int = 1234, *,
           ready: Callable[[int], None] | None = None, monitor: MonitorTable | None = None,
-          queries: dict[bytes, Query] | None = None) -> None:
+          queries: dict[bytes, Query] | None = None,
+          packet_log: PacketLog | None = None) -> None:
     """Serve gdb on ``host:port`` until interrupted; ``ready(port)`` once listening. Blocks."""
-    Server(machine, host, port, ready=ready, monitor=monitor, queries=queries).serve_forever()
+    Server(machine, host, port, ready=ready, monitor=monitor, queries=queries,
+           packet_log=packet_log).serve_forever()
 
 
-def _close(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    conn.close()
+#: poll() bits that say the peer closed its end: a FIN (POLLRDHUP, Linux) or a reset.
+_HANGUP = (select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0))
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """Whether gdb closed its end (FIN or RST), seen without reading: POLLRDHUP reports a FIN
+    even behind data not yet read."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN | getattr(select, "POLLRDHUP", 0))
+    return any(mask & _HANGUP for _, mask in poller.poll(0))
+
+
+class Refused(Exception):
+    """The machine refused a well-formed request (a selector it cannot load, a register it does
+    not model): ``E01``, and a log line saying what."""
+
+
+class _Run:
+    """One ``continue``'s window for Ctrl-C.
+
+    ``machine.interrupt()`` between runs is kept for the next run (MachineInterface), so the
+    watcher may interrupt only while the run is under way, and the run learns whether anybody
+    asked: an "interrupted" stop nobody asked for during this run is a leftover (a Ctrl-C that
+    came as an earlier stop was being finished), and that stop has consumed it.
+    """
+
+    def __init__(self, machine: Machine) -> None:
+        self._machine = machine
+        self._lock = threading.Lock()
+        self._open = True
+        self.asked = False
+
+    def interrupt(self) -> bool:
+        """Interrupt the run if it is still under way; False once it is over (then ignore)."""
+        with self._lock:
+            if not self._open:
+                return False
+            self.asked = True
+            self._machine.interrupt()
+            return True
+
+    def is_open(self) -> bool:
+        return self._open
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
 
 
 class _Session:
     """One gdb connection: packet handlers and the state gdb set up (no-ack, break/watchpoints)."""
 
-    def __init__(self, server: Server, conn: socket.socket, peer: str) -> None:
+    def __init__(self, server: Server, conn: socket.socket, peer: str,
+                 received: bytes = b"") -> None:
         self.server = server
         self.machine = server.machine
         self.conn = conn
@@ -259,15 +367,18 @@ class _Session:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.phys_mode = False
         self.no_ack = False
+        self._packets = server.packets
+        self._received = received  # read by the lobby before the seat was ours: replayed first
         self._ack = b""  # "+" owed for the packet being handled, sent with its reply
         self._last = b""  # last framed reply, for "-" resends
         self._send_lock = threading.Lock()
+        self._conn_lock = threading.Lock()  # the lobby peeks at the socket while this closes it
         self._decoder = rsp.Decoder()
         self._events: collections.deque[tuple[rsp.Event, bytes]] = collections.deque()
         self._eof = False
-        # Ctrl-C bookkeeping: a 0x03 stops the run in progress, or else the next continue among
-        # the resume packets read but not yet started (gdb may send one before the run begins).
         self._closing = False
+        self._closed = False
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self._console: list[str] = []
         self._gdb_swbreak = self._gdb_hwbreak = False
         self._bps: dict[int, set[int]] = {}  # address -> Z types (0 sw, 1 hw) holding it
@@ -296,32 +407,56 @@ class _Session:
         if self.server.exited:
             self.server.exited = False
             self._safe(self.machine.reset, "reset after guest exit")
+        self._events.extend(self._decoder.feed(self._received))
         try:
             while not self._closing:
                 if not self._events:
                     if not self._receive():
                         break
                     continue  # a partial packet yields nothing yet
-                ev, payload = self._events.popleft()
-                if ev is rsp.Event.PACKET:
-                    self._handle(payload)
-                elif ev is rsp.Event.INTERRUPT:
-                    pass  # a Ctrl-C while stopped is ignored, as the protocol says
-                elif ev is rsp.Event.BAD:
-                    if not self.no_ack:
-                        self._send_raw(b"-")
-                elif ev is rsp.Event.NAK and not self.no_ack and self._last:
-                    self._send_raw(self._last)
+                self._dispatch_event(*self._events.popleft())
         finally:
             self._closing = True
             self._drop_points()
-            _close(self.conn)
+            with self._conn_lock:
+                self._closed = True
+                lobby.close(self.conn)
+            for end in self._wake or ():
+                end.close()
             self.server.log(f"gdb from {self.peer} gone; waiting for the next one")
+
+    def _dispatch_event(self, ev: rsp.Event, payload: bytes) -> None:
+        if ev is rsp.Event.PACKET:
+            self._handle(payload)
+        elif ev is rsp.Event.INTERRUPT:
+            self._note("Ctrl-C while stopped: ignored")  # as the protocol says
+        elif ev is rsp.Event.BAD:
+            self._note("bad checksum or unterminated packet")
+            if not self.no_ack:
+                self._send_raw(b"-")
+        elif ev is rsp.Event.NAK and not self.no_ack and self._last:
+            self._note("- from gdb: the last reply again")
+            self._send_raw(self._last)
 
     def close(self) -> None:
         """From another thread: end the session (a running machine is interrupted)."""
         self._closing = True
-        _close_quietly(self.conn)
+        with self._conn_lock:
+            if not self._closed:
+                try:
+                    self.conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def ending(self) -> bool:
+        """From the lobby: this gdb has gone or is going (``D``, ``k``, its end closed), so a
+        newcomer should wait for the seat rather than be refused."""
+        with self._conn_lock:
+            return self._closing or self._closed or _peer_gone(self.conn)
+
+    def _note(self, text: str) -> None:
+        if self._packets:
+            self._packets.note(self.peer, text)
 
     def _recv(self) -> bytes:
         """What gdb sent next; b"" (and ``_eof`` set) when the connection is gone."""
@@ -339,10 +474,11 @@ class _Session:
         self._events.extend(self._decoder.feed(data))
         return bool(data)
 
-    def _watch(self, done: threading.Event, wake: socket.socket) -> None:
-        """During a continue: Ctrl-C interrupts the machine; other input waits for the run's end;
-        a gdb that vanished mid-run must not leave the machine running."""
-        while not done.is_set():
+    def _watch(self, run: _Run, wake: socket.socket) -> None:
+        """During a continue: Ctrl-C interrupts the run while it is under way (and is ignored
+        after, like any Ctrl-C while stopped); other input waits for the run's end; a gdb that
+        vanished mid-run must not leave the machine running."""
+        while run.is_open():
             try:
                 ready, _, _ = select.select([self.conn, wake], [], [])
             except (OSError, ValueError):
@@ -351,29 +487,54 @@ class _Session:
                 return
             data = self._recv()
             if not data:
-                self.machine.interrupt()
+                run.interrupt()
                 return
             for ev in self._decoder.feed(data):
-                if ev[0] is rsp.Event.INTERRUPT:
-                    self.machine.interrupt()
-                else:
+                if ev[0] is not rsp.Event.INTERRUPT:
                     self._events.append(ev)
+                elif run.interrupt():
+                    self._note("Ctrl-C: interrupting the run")
+                else:
+                    self._note("Ctrl-C after the run stopped: ignored")
+
+    def _wake_pair(self) -> tuple[socket.socket, socket.socket]:
+        """The watcher's wake-up: made on the first continue and kept for the session, so a
+        continue needs no new descriptor (the process may be at its open-file limit)."""
+        if self._wake is None:
+            self._wake = socket.socketpair()
+            self._wake[0].setblocking(False)
+        wake_r, wake_w = self._wake
+        try:
+            while wake_r.recv(64):  # a wake-up the last watcher did not take
+                pass
+        except BlockingIOError:
+            pass
+        return wake_r, wake_w
 
     def _run_watched(self) -> Stop:
         """``machine.run()`` with a watcher on the socket for its duration."""
-        done = threading.Event()
-        wake_r, wake_w = socket.socketpair()
-        watcher = threading.Thread(target=self._watch, args=(done, wake_r),
+        run = _Run(self.machine)
+        wake_r, wake_w = self._wake_pair()
+        watcher = threading.Thread(target=self._watch, args=(run, wake_r),
                                    name="vmigdb-rsp-watch", daemon=True)
         watcher.start()
         try:
-            return self.machine.run()
+            return self._run_asked(run)
         finally:
-            done.set()
+            run.close()
             wake_w.send(b"x")
             watcher.join(timeout=5)
-            wake_r.close()
-            wake_w.close()
+
+    def _run_asked(self, run: _Run) -> Stop:
+        """Run until a stop somebody asked for: an "interrupted" stop with no Ctrl-C (or hang-up)
+        during this run is a leftover interrupt, consumed by that stop, so run on."""
+        stop = self.machine.run()
+        for _ in range(STALE_INTERRUPT_RETRIES):
+            if stop.reason is not StopReason.INTERRUPTED or run.asked:
+                break
+            self._note("an interrupt left over from an earlier run: running on")
+            stop = self.machine.run()
+        return stop
 
     def _send_raw(self, data: bytes) -> None:
         with self._send_lock:
@@ -385,6 +546,9 @@ class _Session:
     def _send(self, payloads: list[bytes]) -> None:
         """Frame and send replies in one write, with the ack owed for the request."""
         framed = [rsp.frame(p) for p in payloads]
+        if self._packets:
+            for p in payloads:
+                self._packets.send(self.peer, p)
         with self._send_lock:
             self._last = framed[-1]
             data = self._ack + b"".join(framed)
@@ -404,16 +568,9 @@ class _Session:
     def _handle(self, payload: bytes) -> None:
         self._ack = b"" if self.no_ack else b"+"
         self._console = []
-        try:
-            handler, args = self._lookup(payload)
-            reply: bytes | None = b"" if handler is None else handler(args)
-        except MemoryFault:
-            reply = b"E14"
-        except (rsp.RspError, ValueError, KeyError, IndexError):
-            reply = b"E01"
-        except Exception:  # noqa: BLE001 - a bug must cost one packet, not the session
-            self.server.log(f"error handling {payload[:40]!r}:\n{traceback.format_exc()}")
-            reply = b"E03"
+        if self._packets:
+            self._packets.recv(self.peer, payload)
+        reply = self._answer(payload)
         if reply is None:
             self._flush_ack()
             return
@@ -421,6 +578,29 @@ class _Session:
                for i in range(0, len(t), _O_CHUNK)]
         out.append(reply)
         self._send(out)
+
+    def _answer(self, payload: bytes) -> bytes | None:
+        """The reply to one packet (None: the handler answered itself). Every failure becomes
+        an error reply here, once; only what is neither malformed input nor an unreachable
+        address is logged, so a bug shows instead of passing for a malformed packet."""
+        try:
+            handler, args = self._lookup(payload)
+            return b"" if handler is None else handler(args)
+        except rsp.RspError:
+            return E_MALFORMED
+        except MemoryFault:
+            return E_FAULT
+        except Refused as exc:
+            self._report(payload, f"refused: {exc}")
+            return E_MALFORMED
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one packet, not the session
+            self._report(payload, f"failed: {one_line(exc)}")
+            return E_INTERNAL
+
+    def _report(self, payload: bytes, what: str) -> None:
+        """One line on the stub's log (and the packet log) about a packet that went wrong."""
+        self.server.log(f"packet {rsp.printable(payload, 60)} from {self.peer} {what}")
+        self._note(what)
 
     def _lookup(self, payload: bytes) -> tuple[Callable[[bytes], bytes | None] | None, bytes]:
         """The handler for a packet and its arguments: by first byte, or for q/Q/v packets by the
@@ -471,7 +651,7 @@ class _Session:
         return b"OK" if args[:1] in (b"g", b"c") else b""
 
     def _h_T(self, args: bytes) -> bytes:
-        return b"OK" if rsp.thread_matches(*rsp.parse_thread_id(args)) else b"E01"
+        return b"OK" if rsp.thread_matches(*rsp.parse_thread_id(args)) else E_MALFORMED
 
     def _h_qXfer(self, args: bytes) -> bytes:
         obj, _, rest = args[1:].partition(b":")
@@ -493,15 +673,17 @@ class _Session:
         return rsp.qxfer_chunk(doc, offset, length)
 
     def _h_qRcmd(self, args: bytes) -> bytes:
+        """``monitor LINE``. A command that fails prints its message and the reply is still
+        ``OK``, as QEMU's gdbstub answers (system.c ``gdb_handle_query_rcmd``): gdb 13 turns an
+        ``E`` reply into "Protocol error with Rcmd" after the message. A malformed packet (not
+        hex) is still ``E01``."""
+        if not args.startswith(b","):
+            raise rsp.RspError("qRcmd without a command")
         line = rsp.hex_decode(args[1:]).decode("utf-8", "replace")
         try:
             self.server.monitor.dispatch(self, line)
-        except MonitorError as exc:
+        except (MonitorError, MemoryFault) as exc:
             self.write(f"{exc}\n")
-            return b"E01"
-        except MemoryFault as exc:
-            self.write(f"{exc}\n")
-            return b"E14"
         return b"OK"
 
     def _h_QPhyMemMode(self, args: bytes) -> bytes:
@@ -510,31 +692,50 @@ class _Session:
         elif args == b":0":
             self.phys_mode = False
         else:
-            return b"E01"
+            return E_MALFORMED
         return b"OK"
 
     # --- registers ---------------------------------------------------------------------------------
+    def _reg_write(self, name: str, value: int) -> None:
+        """``machine.reg_write``; its refusals (KeyError: not modelled, ValueError: a value it
+        cannot load, such as a selector outside the GDT) become Refused."""
+        try:
+            self.machine.reg_write(name, value)
+        except (KeyError, ValueError) as exc:
+            raise Refused(f"{name} = {value:#x}: {exc}") from None
+
     def _h_g(self, args: bytes) -> bytes:
         return target.encode_g(self.machine.register_file().__getitem__)
 
     def _h_G(self, args: bytes) -> bytes:
-        now = self.machine.register_file()
-        for reg, value in target.decode_g(args):
-            if now.get(reg.name) != value:
-                self.machine.reg_write(reg.name, value)
+        """All or nothing: a register the machine refuses undoes the ones written before it (in
+        reverse order, so a selector goes back before the control register it depended on)."""
+        before = self.machine.register_file()
+        changes = [(reg.name, value) for reg, value in target.decode_g(args)
+                   if before.get(reg.name) != value]
+        written: list[str] = []
+        try:
+            for name, value in changes:
+                self._reg_write(name, value)
+                written.append(name)
+        except BaseException:
+            for name in reversed(written):
+                self._safe(lambda n=name: self.machine.reg_write(n, before[n]),
+                           f"undo {name} after a failed G")
+            raise
         return b"OK"
 
     def _h_p(self, args: bytes) -> bytes:
-        return target.encode_reg(target.REGISTERS[rsp.parse_hex(args)], self.machine.reg_read)
+        return target.encode_reg(target.register(rsp.parse_hex(args)), self.machine.reg_read)
 
     def _h_P(self, args: bytes) -> bytes:
         num, sep, value = args.partition(b"=")
         if not sep:
             raise rsp.RspError("P without =")
-        reg = target.REGISTERS[rsp.parse_hex(num)]
+        reg = target.register(rsp.parse_hex(num))
         decoded = target.decode_value(reg, value)
         if decoded is not None:
-            self.machine.reg_write(reg.name, decoded)
+            self._reg_write(reg.name, decoded)
         return b"OK"
 
     # --- memory --------------------------------------------------------------------------------------
@@ -551,7 +752,8 @@ class _Session:
 
     def _h_m(self, args: bytes) -> bytes:
         addr, length = rsp.parse_addr_len(args)
-        length = min(length, MAX_READ)
+        _check_span(addr, 1)
+        length = min(length, MAX_READ, target.ADDRESS_SPACE - addr)  # short at the top is fine
         if length == 0:
             return b""
         try:
@@ -570,6 +772,7 @@ class _Session:
         data = rsp.hex_decode(data_hex)
         if len(data) != length:
             raise rsp.RspError("M length mismatch")
+        _check_span(addr, length)
         if data:
             self._write(addr, data)
         return b"OK"
@@ -581,15 +784,19 @@ class _Session:
         addr, length = rsp.parse_addr_len(head)
         if len(data) != length:
             raise rsp.RspError("X length mismatch")
+        _check_span(addr, length)
         if data:
             self._write(addr, data)
         return b"OK"
 
     # --- break- and watchpoints ---------------------------------------------------------------------
     def _parse_z(self, args: bytes) -> tuple[int, int, int]:
+        """``TYPE,ADDR,KIND`` -> (type, address, length); the address must lie in the 32-bit
+        space (E14 otherwise), so a breakpoint has the one address the machine uses for it."""
         kind_text, _, rest = args.partition(b",")
         rest = rest.partition(b";")[0]  # conditions are not advertised; ignore any
         addr, length = rsp.parse_addr_len(rest)
+        _check_span(addr, 1)
         return rsp.parse_hex(kind_text), addr, length
 
     def _h_Z(self, args: bytes) -> bytes:
@@ -602,8 +809,9 @@ class _Session:
             types.add(ztype)
             return b"OK"
         if ztype in WATCH_KINDS:
-            if not 0 < length <= MAX_WATCH_LEN or addr + length > 1 << 32:
+            if not 0 < length <= MAX_WATCH_LEN:
                 raise rsp.RspError(f"watchpoint length {length:#x} at {addr:#x}")
+            _check_span(addr, length)
             wp = (addr, length, WATCH_KINDS[ztype])
             if wp not in self._wps:
                 self.machine.add_watchpoint(*wp)
@@ -638,7 +846,9 @@ class _Session:
 
     def _set_pc(self, addr_text: bytes) -> None:
         if addr_text:
-            self.machine.reg_write("eip", rsp.parse_hex(addr_text))
+            addr = rsp.parse_hex(addr_text)
+            _check_span(addr, 1)
+            self._reg_write("eip", addr)
 
     def _h_c(self, args: bytes) -> bytes:
         self._set_pc(args)
@@ -732,8 +942,8 @@ class _Session:
         self._closing = True
 
 
-def _close_quietly(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+def _check_span(addr: int, length: int) -> None:
+    """MemoryFault (E14) unless [addr, addr + length) lies in the guest's 32-bit space: the
+    machine would wrap 2**32 + A to A, so such an address must never reach it."""
+    if addr + length > target.ADDRESS_SPACE:
+        raise MemoryFault(max(addr, target.ADDRESS_SPACE))

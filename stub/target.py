@@ -15,6 +15,12 @@ from dataclasses import dataclass
 
 from vmigdb.decode import CR0_BITS, CR4_BITS, EFER_BITS, EFLAGS_BITS, MXCSR_BITS
 
+from .rsp import RspError, hex_decode
+
+#: The guest's linear (and physical) address space: i386, 32 bits. gdb may send wider numbers;
+#: the machine would take 2**32 + A as A, so the server refuses anything past this instead.
+ADDRESS_SPACE = 1 << 32
+
 #: flags-type id -> (size in bytes, bits)
 FLAG_TYPES: dict[str, tuple[int, tuple[tuple[int, str], ...]]] = {
     "i386_eflags": (4, EFLAGS_BITS),
@@ -72,6 +78,14 @@ G_SIZE = sum(r.size for r in REGISTERS)
 #: ebp, esp, eip: with these expedited in every stop reply gdb needs no ``g`` per stepi (measured).
 EXPEDITED: tuple[Reg, ...] = (BY_NAME["ebp"], BY_NAME["esp"], BY_NAME["eip"])
 PC = BY_NAME["eip"]
+
+
+def register(regnum: int) -> Reg:
+    """The register gdb numbers ``regnum`` (``p``/``P``); RspError for a number we never
+    described to gdb."""
+    if not 0 <= regnum < len(REGISTERS):
+        raise RspError(f"no register {regnum:#x}")
+    return REGISTERS[regnum]
 
 
 def _flags_xml(type_id: str) -> str:
@@ -143,18 +157,18 @@ def encode_g(read: RegRead, regs: tuple[Reg, ...] = REGISTERS) -> bytes:
 def decode_value(reg: Reg, hex_text: bytes) -> int | None:
     """A ``p``/``P``/``G`` register value back to an int; None for ``xx`` (leave unchanged).
 
-    ValueError if the text is not exactly ``size`` bytes of hex.
+    RspError if the text is not exactly ``size`` bytes of hex.
     """
     if len(hex_text) != 2 * reg.size:
-        raise ValueError(f"{reg.name}: expected {2 * reg.size} hex digits, got {len(hex_text)}")
+        raise RspError(f"{reg.name}: expected {2 * reg.size} hex digits, got {len(hex_text)}")
     if hex_text == b"xx" * reg.size:
         return None
-    return int.from_bytes(bytes.fromhex(hex_text.decode("ascii")), "little")
+    return int.from_bytes(hex_decode(hex_text), "little")
 
 
 def decode_g(payload: bytes, regs: tuple[Reg, ...] = REGISTERS) -> list[tuple[Reg, int]]:
     """A ``G`` payload to [(reg, value)]; a short payload covers a prefix of the registers
-    (gdb may send only what it knows), but must not end inside a register."""
+    (gdb may send only what it knows), but must not end inside a register (RspError)."""
     out: list[tuple[Reg, int]] = []
     pos = 0
     for reg in regs:
@@ -166,5 +180,5 @@ def decode_g(payload: bytes, regs: tuple[Reg, ...] = REGISTERS) -> list[tuple[Re
             out.append((reg, value))
         pos += 2 * reg.size
     if pos < len(payload):
-        raise ValueError("G payload longer than the register file")
+        raise RspError("G payload longer than the register file")
     return out

@@ -4,7 +4,9 @@ It interprets one-byte "instructions" from its memory, enough to produce every s
 0xEB spins until ``interrupt()``, 0xF4 halts, 0xE6 exits with code ``(eax << 1) | 1``, 0x89
 stores eax at [ebx], 0x8B loads [ebx] into eax, 0x0F faults with #UD, anything else is a
 one-byte nop. Breakpoints stop before the instruction (not at the resume pc); watchpoints stop
-after the access. It shares no code with the real PC: the server is tested against the
+after the access. ``interrupt()`` behaves as the real machine's: a request made while no run is
+under way (or after a run decided to stop for another reason) is kept, and the next run returns
+INTERRUPTED at once. It shares no code with the real PC: the server is tested against the
 interface alone.
 """
 
@@ -98,6 +100,7 @@ class FakeMachine:
         if op == 0xEB:  # jmp $: spins until interrupted
             if spin_wait:
                 self._interrupt.wait()
+                self._interrupt.clear()
                 return Stop(StopReason.INTERRUPTED, pc)
             return Stop(StopReason.STEP, pc)
         if op == 0xF4:
@@ -125,6 +128,9 @@ class FakeMachine:
     def run(self) -> Stop:
         self.running_event.set()
         try:
+            if self._interrupt.is_set():  # asked for while stopped: kept for this run
+                self._interrupt.clear()
+                return Stop(StopReason.INTERRUPTED, self.regs["eip"])
             first = True
             for _ in range(1_000_000):
                 pc = self.regs["eip"]
@@ -136,7 +142,6 @@ class FakeMachine:
                     return stop
             return Stop(StopReason.FAULT, self.regs["eip"], message="runaway")
         finally:
-            self._interrupt.clear()
             self.running_event.clear()
 
     def interrupt(self) -> None:

@@ -46,7 +46,8 @@ NORMALISED = (
 
 def vmigdb_run(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "vmigdb.cli", "run", *map(str, args)],
-                          capture_output=True, timeout=timeout, check=False)
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
+                          check=False)
 
 
 def boot(linux: Linux, *extra: object) -> subprocess.CompletedProcess[bytes]:
@@ -107,7 +108,8 @@ def test_log_is_qemus_line_for_line(built: Built, linux: Linux, tmp_path: Path) 
     argv = qemu_linux_argv(linux.bzimage, linux.initrd, APPEND, built.rom, 128, serial,
                            tmp_path, REPO / "build" / "boot32.bin")
     assert argv[0] == QEMU
-    q = subprocess.run(argv, capture_output=True, timeout=300, check=False)
+    q = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=300,
+                       check=False)
     assert q.returncode == 1, q.stderr  # guest code 0: QEMU's status (0 << 1) | 1
     theirs = serial.read_bytes().decode(errors="replace")
     a, b = comparable(ours.stdout.decode(errors="replace")), comparable(theirs)

@@ -112,7 +112,8 @@ def run_vmigdb(rom: Path, initrd: Path, mib: int) -> Boot:
     argv = [VMIGDB, "run", str(KERNEL), "--rom", str(rom), "--initrd", str(initrd),
             "--append", CMDLINE, "-m", str(mib), "--no-reboot"]
     try:
-        r = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False)
+        r = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT,
+                           check=False)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace")[-4000:]
         pytest.fail(f"vmigdb run -m {mib} still running after {TIMEOUT}s; serial:\n{out}")
@@ -130,7 +131,8 @@ def run_qemu(initrd: Path, tmp: Path, mib: int = 128) -> Boot:
             "-kernel", str(KERNEL), "-initrd", str(initrd), "-append", CMDLINE,
             "-serial", f"file:{log}", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
     try:
-        r = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False)
+        r = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT,
+                           check=False)
     except subprocess.TimeoutExpired:
         text = log.read_bytes().decode(errors="replace")[-4000:] if log.exists() else ""
         pytest.fail(f"QEMU still running after {TIMEOUT}s; serial:\n{text}")

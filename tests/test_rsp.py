@@ -215,7 +215,31 @@ def test_g_encode_decode_round_trip_with_unavailable() -> None:
     assert decoded == values
     # a prefix (the 16 core registers) is fine; ending inside a register is not
     assert len(target.decode_g(payload[:128])) == 16
-    with pytest.raises(ValueError):
+    with pytest.raises(rsp.RspError):
         target.decode_g(payload[:130])
-    with pytest.raises(ValueError):
+    with pytest.raises(rsp.RspError):
         target.decode_g(payload + b"00")
+
+
+@pytest.mark.parametrize("bad", [b"zz" * 4, b"0x123456", b"\xff" * 8, b"00"])
+def test_malformed_register_values_are_rsp_errors(bad: bytes) -> None:
+    """Malformed input raises RspError, never a bare ValueError: the server treats anything
+    else from a handler as a bug and logs it."""
+    with pytest.raises(rsp.RspError):
+        target.decode_value(target.BY_NAME["eax"], bad)
+    with pytest.raises(rsp.RspError):
+        target.decode_g(bad + b"0")
+
+
+def test_register_numbers_outside_the_description_are_rsp_errors() -> None:
+    assert target.register(8).name == "eip"
+    for regnum in (-1, len(target.REGISTERS), 0x99):
+        with pytest.raises(rsp.RspError):
+            target.register(regnum)
+
+
+def test_printable_is_one_bounded_line() -> None:
+    assert rsp.printable(b"qSupported:swbreak+") == "qSupported:swbreak+"
+    assert rsp.printable(b"X0,2:\x00\\\n") == "X0,2:\\x00\\x5c\\x0a"
+    long = rsp.printable(b"l" + b"a" * 5000, limit=20)
+    assert long == "l" + "a" * 19 + "... (5001 bytes)"

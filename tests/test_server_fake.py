@@ -19,6 +19,7 @@ import pytest
 from fakemachine import CODE, DATA, ROM_BASE, ROM_SIZE, FakeMachine
 
 from vmigdb.stub import rsp, target
+from vmigdb.stub.lobby import Limits
 from vmigdb.stub.machine import MachineInterface
 from vmigdb.stub.server import THREADS_XML, Server
 
@@ -454,10 +455,12 @@ def test_monitor_commands(stub: tuple[Server, FakeMachine], gdb: Client) -> None
     assert gdb.monitor("xp /2xb 786432")[1] == "00000000000c0000: 0x55 0xaa\n"
     reply, text = gdb.monitor("phys on")
     assert reply == b"OK" and "PHYSICAL" in text and gdb.ask(b"qqemu.PhyMemMode") == b"1"
-    reply, text = gdb.monitor("frobnicate")
-    assert reply == b"E01" and "monitor help" in text
-    assert gdb.monitor("xp /2xw 0x20000000")[0] == b"E01"
-    assert gdb.monitor("xp /2q 0")[0] == b"E01"
+    # a mistake prints its message and answers OK, as QEMU does (E01 made gdb add "Protocol
+    # error with Rcmd"); a malformed qRcmd is still an error
+    assert gdb.monitor("frobnicate") == (b"OK", "unknown command 'frobnicate'; try 'monitor help'\n")
+    assert gdb.monitor("xp /2xw 0x20000000") == (b"OK", "0000000020000000: Cannot access memory\n")
+    assert gdb.monitor("xp /2q 0") == (b"OK", "xp: unknown format letter 'q'\n")
+    assert gdb.ask(b"qRcmd,zz") == b"E01" and gdb.ask(b"qRcmd") == b"E01"
     machine.regs["eax"] = 5
     assert gdb.monitor("reset")[0] == b"OK" and machine.regs["eax"] == 0x2BADB002
 
@@ -519,3 +522,165 @@ def test_monitor_info_mem_and_tlb_walk_the_page_tables(stub: tuple[Server, FakeM
                                                "00000000c0001000-00000000c0002000 0000000000001000 -r-\n"))
     assert gdb.monitor("info tlb") == (b"OK", ("00000000c0000000: 0000000000005000 ----A---W\n"
                                                "00000000c0001000: 0000000000006000 ---------\n"))
+
+
+def test_monitor_qemu_names(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    """QEMU's ``system_reset``, ``info cpus`` and ``x`` beside ours, in QEMU's formats (checked
+    against qemu-system-i386 7.2's HMP)."""
+    _, machine = stub
+    machine.mem[DATA : DATA + 20] = bytes.fromhex("02b0ad1b03000000fb4f52e46690669083ec2c89")
+    text = gdb.monitor("help")[1]
+    for name in ("system_reset", "info cpus", "x"):
+        assert re.search(rf"^{name}\b", text, re.MULTILINE), name
+    reply, text = gdb.monitor("info cpus")
+    assert reply == b"OK" and re.fullmatch(r"\* CPU #0: thread_id=\d+\n", text), text
+    assert gdb.monitor("x /4xw 0x8000")[1] == "00008000: 0x1badb002 0x00000003 0xe4524ffb 0x90669066\n"
+    assert gdb.monitor("x /20xb 0x8000")[1] == (
+        "00008000: 0x02 0xb0 0xad 0x1b 0x03 0x00 0x00 0x00\n"
+        "00008008: 0xfb 0x4f 0x52 0xe4 0x66 0x90 0x66 0x90\n"
+        "00008010: 0x83 0xec 0x2c 0x89\n")
+    assert gdb.monitor("x /3dw 0x8000")[1] == "00008000:  464367618          3 3830599675\n"
+    assert gdb.monitor("x /3uh 0x8000")[1] == "00008000: 45058  7085     3\n"
+    assert gdb.monitor("x /3ob 0x8000")[1] == "00008000:  02 0260 0255\n"
+    assert gdb.monitor("x /2c 0x8000")[1] == "00008000: '\\x02' '\\xb0'\n"
+    assert gdb.monitor("x 0x8000")[1] == "00008000: 0x1badb002\n"
+    assert gdb.monitor("x/2xh 0x8000")[1] == gdb.monitor("x /2xh 0x8000")[1] == "00008000: 0xb002 0x1bad\n"
+    assert gdb.monitor("x /2xw 0xfffffffc")[1] == "fffffffc: Cannot access memory\n"
+    assert gdb.monitor("x /1xw 0x100008000")[1] == "100008000: Cannot access memory\n"
+    assert gdb.monitor("x") == (b"OK", "usage: x /NFS ADDR  (e.g. x /4xw 0xc0000)\n")
+    machine.regs["eax"] = 5
+    assert gdb.monitor("system_reset")[0] == b"OK" and machine.regs["eax"] == 0x2BADB002
+
+
+# --- hardening: errors, G, addresses, stale interrupts, the lobby ------------------------------------
+
+
+def test_a_failing_G_changes_no_register(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    """G is all or nothing: the fake does not model fop, so a G that sets it fails, and the
+    registers written before it are put back."""
+    _, machine = stub
+    g = bytearray(gdb.ask(b"g"))
+    g[0:8] = _reg_hex("eax", 0x11111111)
+    fop = target.BY_NAME["fop"]
+    off = 2 * sum(r.size for r in target.REGISTERS[: fop.regnum])
+    g[off : off + 8] = b"00000000"
+    before = dict(machine.regs)
+    assert gdb.ask(b"G" + bytes(g)) == b"E01"
+    assert machine.regs == before
+    assert any("refused" in line and "fop" in line for line in stub[0].logs)  # type: ignore[attr-defined]
+
+
+def test_a_bug_in_a_handler_is_logged_in_one_line_and_answered_E03() -> None:
+    """Only malformed input (RspError) passes silently as E01: a bug must show."""
+    machine = FakeMachine()
+    logs: list[str] = []
+
+    def broken(args: bytes) -> bytes:
+        return {}[args]  # KeyError: the kind of bug the old net turned into a silent E01
+
+    server = Server(machine, port=0, log=logs.append, queries={b"qvmigdb.broken": broken})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        gdb = Client(server.port)
+        assert gdb.ask(b"qvmigdb.broken:1") == b"E03"
+        assert gdb.ask(b"qC") == b"QC1"  # and the session goes on
+        bugs = [line for line in logs if "qvmigdb.broken" in line]
+        assert len(bugs) == 1 and "\n" not in bugs[0], logs
+        assert "KeyError" in bugs[0] and "test_server_fake.py" in bugs[0], bugs
+        # malformed packets are E01 and log nothing
+        for bad in (b"mzz", b"m1000", b"M1000,1", b"P", b"pzz", b"p99", b"P99=00", b"P0=1",
+                    b"Gzz", b"G" + b"0" * 9, b"Z0", b"vCont;q", b"H", b"qRcmd,zz", b"C",
+                    b"qXfer:features:read:target.xml:zz"):
+            reply = gdb.ask(bad)
+            assert reply.startswith(b"E") or reply == b"", (bad, reply)
+        assert not [line for line in logs if line.startswith("packet")][1:], logs
+        gdb.close()
+    finally:
+        server.stop()
+        thread.join(10)
+
+
+def test_addresses_past_32_bits_answer_E14(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    _, machine = stub
+    for packet in (b"m100008000,4", b"M100008000,1:00", b"X10000000000000000,1:A",
+                   b"Z0,100001005,1", b"z0,100001005,1", b"Z2,ffffffff,2", b"c100001000"):
+        assert gdb.ask(packet) == b"E14", packet
+    assert not machine.breakpoints and not machine.watchpoints
+    assert gdb.ask(b"m8000,4") == b"00000000"
+
+
+def test_an_interrupt_kept_from_between_runs_does_not_stop_the_next_continue(
+        stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+    """The machine keeps an interrupt asked for between runs (a Ctrl-C that raced the last
+    stop); the stop it causes is not one gdb asked for, so the continue goes on to its
+    breakpoint."""
+    _, machine = stub
+    gdb.ask(b"qSupported:swbreak+")
+    assert gdb.ask(b"Z0,%x,1" % (CODE + 5)) == b"OK"
+    machine.interrupt()
+    sig, fields = _parse_stop(gdb.ask(b"c"))
+    assert sig == 5 and "swbreak" in fields and machine.regs["eip"] == CODE + 5
+
+
+def test_ctrl_c_after_a_run_ended_is_ignored(stub: tuple[Server, FakeMachine],
+                                              gdb: Client) -> None:
+    _, machine = stub
+    machine.mem[CODE + 2] = 0xEB
+    gdb.send_raw(rsp.frame(b"c"))
+    assert gdb.next_event()[0] is rsp.Event.ACK
+    _wait(lambda: machine.running, "the run to start")
+    gdb.send_raw(b"\x03\x03\x03")
+    assert _parse_stop(gdb.packet())[0] == 2
+    machine.mem[CODE + 2] = 0x90
+    assert gdb.ask(b"Z0,%x,1" % (CODE + 4)) == b"OK"
+    assert _parse_stop(gdb.ask(b"c"))[0] == 5  # not SIGINT from the extra 0x03s
+
+
+@pytest.fixture
+def strict_stub() -> Iterator[tuple[Server, FakeMachine]]:
+    """A stub with short lobby limits, to see connections that are not gdb sent away."""
+    machine = FakeMachine()
+    logs: list[str] = []
+    server = Server(machine, port=0, log=logs.append,
+                    limits=Limits(handshake=1.0, idle=0.3, waiting=4, backoff=0.05))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.logs = logs  # type: ignore[attr-defined]
+    yield server, machine
+    server.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_the_lobby_drops_silent_trickling_and_surplus_connections(
+        strict_stub: tuple[Server, FakeMachine]) -> None:
+    server, _ = strict_stub
+    silent = Client(server.port)
+    trickler = Client(server.port)
+    trickler.send_raw(b"$qSupp")
+    gdb = Client(server.port)
+    assert gdb.ask(b"qSupported:swbreak+").startswith(b"PacketSize")  # the silent ones wait
+    assert silent.closed()  # the idle limit
+    deadline = time.monotonic() + 10
+    while not trickler.closed():  # the handshake deadline, whatever it trickles
+        assert time.monotonic() < deadline
+        trickler.send_raw(b"o")
+    surplus = [Client(server.port) for _ in range(6)]
+    assert surplus[0].closed() and surplus[1].closed()  # pushed out by newer ones
+    assert gdb.ask(b"qC") == b"QC1"
+    for c in (silent, trickler, gdb, *surplus):
+        c.close()
+    _wait(lambda: any("dropped" in line for line in server.logs), "a tally of drops")  # type: ignore[attr-defined]
+
+
+def test_a_reconnect_waits_for_the_old_session_to_end(stub: tuple[Server, FakeMachine]) -> None:
+    """A gdb that closed without D: the newcomer is not refused while its old session ends."""
+    server, _ = stub
+    for _ in range(20):
+        first = Client(server.port)
+        assert first.ask(b"qC") == b"QC1"
+        first.close()
+        again = Client(server.port)
+        assert again.ask(b"qSupported").startswith(b"PacketSize")
+        again.close()
