@@ -14,24 +14,26 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import gdb
 
+from vmigdb import events as ev
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall
 from vmigdb.commands import target
 from vmigdb.commands.portable import PortableTracer
 from vmigdb.errors import VmiError
 from vmigdb.rawtrace import RawDecoder
-from vmigdb.recorder import Recorder
 from vmigdb.stub import rsp
 
 #: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
 DUMP_CHUNK = 2000
 #: Raw log bytes asked for per ``qvmigdb.raw`` (a shorter reply is the end of the log).
 RAW_CHUNK = 1 << 20
+#: Events gdb keeps (74 bytes each, ~300 MB); past it the oldest go, counted.
+KEEP_EVENTS = 4 << 20
 
 
 class TraceSource(Protocol):
@@ -46,7 +48,7 @@ class TraceSource(Protocol):
 
     def status(self) -> dict[str, object]: ...
 
-    def events(self) -> list[tr.Event]: ...
+    def events(self) -> Sequence[tr.Event]: ...
 
 
 def _monitor(command: str) -> str:
@@ -67,7 +69,7 @@ class StubSource:
     kind = "stub"
 
     def __init__(self) -> None:
-        self._events: list[tr.Event] = []
+        self._events = ev.EventList(KEEP_EVENTS)
         #: Set when the connection closes: the events fetched so far stay readable.
         self.closed = False
         # The stub's raw log, decoded here by the recorder's rules: None until tried, False
@@ -75,8 +77,7 @@ class StubSource:
         # limit: then the stub's decoded events go on from the last one we have).
         self._raw: bool | None = None
         self._offset = 0
-        self._recorder = Recorder()
-        self._decoder = RawDecoder(self._recorder)
+        self._decoder = RawDecoder()
 
     def _alive(self) -> bool:
         """False once the connection closed; then the cached events are all there is."""
@@ -116,7 +117,7 @@ class StubSource:
             st["rom_base"] = f"{st['rom_base']:#x}"
         return {"source": self.kind, **st, "fetched": len(self._events)}
 
-    def events(self) -> list[tr.Event]:
+    def events(self) -> ev.EventList:
         if not self._alive():
             return self._events
         if self._raw is not False:
@@ -171,12 +172,10 @@ class StubSource:
                 data = inflate.decompress(data, RAW_CHUNK)  # never more than we asked for
                 if inflate.unconsumed_tail or not inflate.eof:
                     raise ValueError("the reply is longer than asked, or cut")
-                self._decoder.feed(data)
+                self._events.add(self._decoder.feed(data))
             except (zlib.error, ValueError) as e:
                 raise VmiError(f"the stub sent a bad raw trace: {e}") from None
             self._offset += len(data)
-            self._events.extend(self._recorder.events)
-            self._recorder.events.clear()
             if len(data) < RAW_CHUNK:
                 return True
 

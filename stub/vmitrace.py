@@ -1,45 +1,51 @@
-"""The in-stub VMI tracer (the fast path): C hooks on the ROM's entries, a raw log, lazy decoding.
+"""The in-stub VMI tracer (the fast path): C hooks on the ROM's entries, a raw log, bulk decoding.
 
 It costs nothing where the guest does not call the ROM: no whole-range hook, one hook per ROM
 entry, one per distinct return address of a call with results, and observers on the ROM's own
-init and flush announcements. The per-call hooks are C (stub/native/tracehook.c): a hit appends a raw
-record to a buffer, which moves into the raw log (``vmigdb.rawtrace`` items) at each stop and
+init and flush announcements. The per-call hooks are C (stub/native/tracehook.c): a hit appends a
+raw record to a buffer, which moves into the raw log (``vmigdb.rawtrace`` items) at each stop and
 before each port announcement, so the log keeps the guest's order. Nothing is decoded while the
-guest runs. Readers decode the log with the rules of ``vmigdb.recorder``: the stub itself when
-asked for status or ``monitor vmi trace dump``, and gdb, which fetches the log with
-``qvmigdb.raw`` and decodes it in its own Python (``commands/tracesource.py``): the cheapest
-path for a whole trace, since events never cross the wire as text. Hooks are installed between
-runs, because Unicorn cannot safely change hooks from inside one.
+guest runs, and nothing in a hook. Between runs the log goes to its readers: gdb, which fetches
+it with ``qvmigdb.raw`` and decodes it itself (``commands/tracesource.py``); a trace file, when
+one is open (``stub/tracesink.py`` decodes and writes it in a thread); and the stub's own decoded
+events for ``monitor vmi trace dump`` and status. Every store is bounded: the raw log by bytes
+(past it, the oldest bytes are decoded, vectorised, into the event ring and dropped), the event
+ring by events (past it, the oldest go and are counted). Hooks are installed between runs,
+because Unicorn cannot safely change hooks from inside one.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import struct
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from unicorn import x86_const as X
 
 from vmigdb import abi, rawtrace, rominfo
+from vmigdb import events as ev
 from vmigdb import trace as tr
 from vmigdb.errors import VmiError
-from vmigdb.recorder import Recorder
 from vmigdb.stub import rsp
-from vmigdb.stub.machine import Machine, MemoryFault
+from vmigdb.stub.machine import Machine, MemoryFault, StopReason
 from vmigdb.stub.machine.native import c_function, ffi, lib, uc_function
 from vmigdb.stub.monitor import MonitorContext, MonitorError, MonitorTable, parse_number
+from vmigdb.stub.tracesink import TraceSink
 
+#: Decoded events the stub keeps for ``monitor vmi trace dump`` (74 bytes each).
 DEFAULT_CAPACITY = 1 << 20
 #: Raw records the C hooks hold between two collections; at RAW_CAPACITY - RAW_HEADROOM they
 #: ask for a stop at the next block boundary, long before they could run out.
 RAW_CAPACITY = 1 << 14
 RAW_HEADROOM = 64
-#: Bytes of raw log kept for readers (~1M records). Past it the stub decodes the log into its
-#: own events and drops it; a gdb that had not read that far goes on with the decoded events.
-RAW_LOG_LIMIT = 80 << 20
-assert rawtrace.RECORD.size == ffi.sizeof("struct vmigdb_trace_record")
+#: Bytes of raw log kept for readers (~750k records). Past it the oldest bytes are decoded into
+#: the event ring and dropped; a gdb that had not read that far goes on with the decoded events.
+RAW_LOG_LIMIT = 64 << 20
+assert rawtrace.RECORD.itemsize == ffi.sizeof("struct vmigdb_trace_record")
 
 
 class VmiTracer:
@@ -48,7 +54,7 @@ class VmiTracer:
     def __init__(self, machine: Machine, capacity: int = DEFAULT_CAPACITY,
                  log_limit: int = RAW_LOG_LIMIT) -> None:
         self.machine = machine
-        self.recorder = Recorder(capacity=capacity)
+        self.capacity = capacity
         self.enabled = False
         self.rom_base: int | None = None
         self._rom_batched = False  # what vmi_init announced, traced or not
@@ -57,12 +63,22 @@ class VmiTracer:
         self._wanted: set[int] = set()  # return addresses to hook at the next service
         self._pending_base: int | None = None
         # The raw log: stream bytes [base, base + len(log)); the stub's decoder has read to
-        # ``_decoded``.
+        # ``_decoded``, into the event ring.
         self._log = bytearray()
         self._base = 0
         self._decoded = 0
         self._log_limit = log_limit
-        self._decoder = rawtrace.RawDecoder(self.recorder)
+        self._decoder = rawtrace.RawDecoder()
+        self._ring: deque[ev.Chunk] = deque()
+        self._kept = 0
+        self._dropped = 0
+        self._lost = 0  # hits the C buffer had no room for
+        self.sink: TraceSink | None = None
+        #: Header keys for trace files (the guest, its ROM and command line): set by the CLI.
+        self.meta: dict[str, Any] = {}
+        self._task_layout: tuple[int, int] | None = None
+        self._task_names: dict[int, tuple[int, bytes]] = {}
+        self._limit_stopped = False
         # The C half: the record buffer, its control block and one site struct per hook.
         self._hook_fn = c_function("vmigdb_trace_hook")
         self._records = ffi.new("struct vmigdb_trace_record[]", RAW_CAPACITY)
@@ -79,18 +95,63 @@ class VmiTracer:
         machine.add_port_observer(abi.ROM_FLUSH_PORT, self._on_flush_port)
 
     @property
-    def events(self):
+    def events(self) -> list[tr.Event]:
+        """Every kept event as objects (tests and small traces; views use ``dump``)."""
         self._decode_all()
-        return self.recorder.events
+        return [e for chunk in self._ring for e in ev.to_events(chunk)]
 
     @property
     def dropped(self) -> int:
         self._decode_all()
-        return self.recorder.dropped
+        return self._dropped
+
+    @property
+    def calls(self) -> int:
+        """ROM calls the hooks saw since the machine started, recorded or lost."""
+        return int(self._trace.calls)
 
     @property
     def batched(self) -> bool:
         return self._rom_batched
+
+    def set_task(self, var: int, offset: int = 0, pid_at: int | None = None,
+                 comm_at: int | None = None) -> None:
+        """Stamp each record with the u32 at ``var`` (+ the u32 at ``offset``, if not 0): the
+        guest's current task (Linux: ``current_task``, per-cpu since ``__per_cpu_offset``).
+        With ``pid_at`` and ``comm_at`` (offsets in the task's struct), the log also names each
+        task the records meet, when first met and when renamed (an exec)."""
+        self._trace.task_var, self._trace.task_offset = var & 0xFFFFFFFF, offset & 0xFFFFFFFF
+        self._task_layout = (pid_at, comm_at) if pid_at is not None and comm_at is not None \
+            else None
+        self._task_names.clear()
+
+    def set_call_limit(self, calls: int) -> None:
+        """Record no more than ``calls`` ROM calls (0: no limit); the run that meets the next
+        one stops there (a HOOK stop, which gdb sees as SIGTRAP)."""
+        self._trace.call_limit = max(calls, 0)
+        self._trace.limit_hit = 0
+        self._limit_stopped = False
+
+    @property
+    def limit_hit(self) -> bool:
+        return bool(self._trace.limit_hit)
+
+    def _name_tasks(self, records: bytes) -> None:
+        """Log a task item for each task in ``records`` that is new or renamed."""
+        assert self._task_layout is not None
+        pid_at, comm_at = self._task_layout
+        tasks = np.frombuffer(records, rawtrace.RECORD)["task"]
+        for task in np.unique(tasks).tolist():
+            if not task:
+                continue
+            try:
+                pid = int.from_bytes(self.machine.read_cpu(task + pid_at, 4), "little")
+                comm = self.machine.read_cpu(task + comm_at, 16)
+            except MemoryFault:
+                continue
+            if self._task_names.get(task) != (pid, comm):
+                self._task_names[task] = (pid, comm)
+                self._append(rawtrace.task_item(task, pid, comm))
 
     # --- control (between runs) -----------------------------------------------------------------
     def start(self) -> None:
@@ -109,32 +170,42 @@ class VmiTracer:
         """Forget the events (and the raw log behind them); decoding state and sequence numbers
         go on."""
         self._decode_all()
-        self.recorder.clear()
+        self._ring.clear()
+        self._kept = self._dropped = 0
         self._drop_log()
 
     def status(self) -> dict[str, object]:
         self._decode_all()
-        return {
+        st: dict[str, object] = {
             "enabled": self.enabled,
-            "events": len(self.recorder.events),
-            "dropped": self.recorder.dropped,
-            "next_seq": self.recorder.seq,
+            "events": self._kept,
+            "dropped": self._dropped,
+            "next_seq": self._decoder.state.seq,
             "rom_base": self.rom_base,
             "batched": self._rom_batched,
-            "capacity": self.recorder.events.maxlen,
+            "capacity": self.capacity,
             "raw_bytes": len(self._log),
+            "calls": self.calls,
+            "lost": self._lost,
+            "limit_hit": self.limit_hit,
         }
+        if self.sink is not None:
+            st["file"] = self.sink.status()
+        return st
 
     def dump(self, start: int = 0, count: int | None = None) -> Iterator[tr.Event]:
         """Events with ``seq >= start``, at most ``count`` of them."""
         self._decode_all()
-        events = self.recorder.events
-        if not events:
-            return iter(())
-        # Sequence numbers are consecutive in the ring, so the position is arithmetic; islice
-        # skips in C, which keeps chunked dumps of a long trace linear.
-        first = max(0, start - events[0].seq)
-        return itertools.islice(events, first, None if count is None else first + count)
+        left = count if count is not None else -1
+        for chunk in self._ring:
+            seqs = chunk["seq"]
+            if left == 0 or not len(seqs) or int(seqs[-1]) < start:
+                continue
+            first = int(np.searchsorted(seqs, start))
+            part = chunk.select(slice(first, None if left < 0 else first + left))
+            yield from ev.to_events(part)
+            if left > 0:
+                left -= len(part)
 
     def raw(self, offset: int, size: int) -> tuple[int, bytes]:
         """(first stream offset still kept, up to ``size`` log bytes from ``offset``): what gdb
@@ -143,9 +214,29 @@ class VmiTracer:
         start = max(offset, self._base) - self._base
         return self._base, bytes(self._log[start:start + size])
 
+    # --- the trace file -------------------------------------------------------------------------
+    def open_file(self, path: str | Path, **meta: Any) -> None:
+        """Write every event from now on to ``path`` (``vmigdb.tracefile``), decoded and
+        compressed in a thread; the guest waits when it falls behind, so nothing is lost."""
+        if self.sink is not None:
+            raise VmiError(f"a trace file is open already ({self.sink.path})")
+        self._decode_all()  # the file's decoder starts where the stub's is
+        meta = {"ns_per_tick": rawtrace.NS_PER_TICK, **meta}
+        self.sink = TraceSink(path, self._decoder.state, meta)
+
+    def close_file(self, **end: Any) -> dict[str, Any]:
+        """Finish the trace file: what it holds (events, calls, bytes), with ``end`` keys in
+        its end record."""
+        if self.sink is None:
+            raise VmiError("no trace file is open")
+        self._collect()
+        sink, self.sink = self.sink, None
+        return sink.close(calls=self.calls, lost=self._lost, **end)
+
     def service(self) -> None:
-        """Between runs: collect the records and install the hooks they need (the ROM's
-        entries once vmi_init announced them, the return addresses of calls with results)."""
+        """Between runs: collect the records, install the hooks they need (the ROM's entries
+        once vmi_init announced them, the return addresses of calls with results), and keep
+        the raw log within its bound."""
         if self._pending_base is not None:
             base, self._pending_base = self._pending_base, None
             if base != self.rom_base or not self._entry_hooks:
@@ -159,6 +250,14 @@ class VmiTracer:
             for ret in self._wanted - self._return_hooks.keys():
                 self._hook(ret, rawtrace.RETURN, None)
         self._wanted.clear()
+        if self._trace.limit_hit and not self._limit_stopped:
+            self._limit_stopped = True
+            self.machine.stop_after_service(
+                StopReason.HOOK, f"vmi trace: the call limit ({self._trace.call_limit} ROM "
+                "calls) is reached; nothing more is recorded")
+        if len(self._log) > self._log_limit:
+            self._decode_all()
+            self._drop_log()
 
     # --- the raw log ------------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -166,26 +265,44 @@ class VmiTracer:
         changes), so a port observer can keep the log in the guest's order."""
         t = self._trace
         if t.count:
-            data = ffi.buffer(self._records, t.count * rawtrace.RECORD.size)[:]
+            data = ffi.buffer(self._records, t.count * rawtrace.RECORD.itemsize)[:]
             t.count = 0
             self._append(rawtrace.records_item(data))
             self._wanted |= rawtrace.return_addresses(data)
+            if self._task_layout is not None:
+                self._name_tasks(data)
         if t.lost:
-            self.recorder.dropped += t.lost
+            self._lost += t.lost
             t.lost = 0
 
     def _append(self, item: bytes) -> None:
         self._log += item
-        if len(self._log) > self._log_limit:
-            self._decode_all()
-            self._drop_log()
+        if self.sink is not None:
+            self.sink.put(item)  # blocks while the file's writer is behind: the guest waits
 
     def _decode_all(self) -> None:
         self._collect()
         end = self._base + len(self._log)
         if self._decoded < end:
-            self._decoder.feed(bytes(self._log[self._decoded - self._base:]))
+            chunk = self._decoder.feed(bytes(self._log[self._decoded - self._base:]))
             self._decoded = end
+            if len(chunk):
+                self._keep(chunk)
+
+    def _keep(self, chunk: ev.Chunk) -> None:
+        self._ring.append(chunk)
+        self._kept += len(chunk)
+        while self._kept > self.capacity:
+            first = self._ring[0]
+            extra = self._kept - self.capacity
+            if extra >= len(first):
+                self._ring.popleft()
+                gone = len(first)
+            else:
+                self._ring[0] = first.select(slice(extra, None))
+                gone = extra
+            self._kept -= gone
+            self._dropped += gone
 
     def _drop_log(self) -> None:
         self._base += len(self._log)
@@ -243,7 +360,7 @@ class VmiTracer:
         self._rom_batched = bool(value & abi.ROM_INIT_BATCHED)
         if self.enabled:
             self._collect()
-            self._append(rawtrace.init_item(value))
+            self._append(rawtrace.init_item(value, int(self.machine.native.vm.now)))
         self._pending_base = value & ~abi.ROM_INIT_BATCHED & 0xFFFFFFFF
         m.request_service(self.service)  # hook the entries between runs
         return False
@@ -253,13 +370,13 @@ class VmiTracer:
             return False
         try:
             header = self._read(value, abi.VMI_BATCH_SIZE)
-            count = struct.unpack_from("<3I", header)[2]
+            count = abi.VMI_BATCH_HEADER.unpack(header)[2]
             body = (self._read(value + abi.VMI_BATCH_SIZE, count * abi.VMI_BATCH_ENTRY_SIZE)
                     if count <= abi.ROM_QUEUE_LEN else b"")
         except OSError:
             return False  # a batch header the guest unmapped: nothing to record
         self._collect()
-        self._append(rawtrace.flush_item(value, header + body))
+        self._append(rawtrace.flush_item(value, header + body, int(self.machine.native.vm.now)))
         return False
 
 
@@ -310,8 +427,56 @@ def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:
             raise MonitorError("no VMI ROM found (the guest has not called vmi_init yet)")
         ctx.write(json.dumps({"base": tracer.rom_base, "batched": tracer.batched}) + "\n")
 
+    def cmd_file(ctx: MonitorContext, args: str) -> None:
+        word, _, rest = args.strip().partition(" ")
+        if word == "close":
+            try:
+                end = json.loads(rest) if rest.strip() else {}
+            except ValueError:
+                end = None
+            if not isinstance(end, dict) or len(rest) > 4096 or not all(
+                    isinstance(v, str | int | float | bool | None) for v in end.values()):
+                raise MonitorError("usage: vmi trace file close [JSON object of scalars]")
+            try:
+                ctx.write(json.dumps(tracer.close_file(**end)) + "\n")
+            except VmiError as e:
+                raise MonitorError(str(e)) from None
+            return
+        if not word:
+            raise MonitorError("usage: vmi trace file PATH | close [JSON]")
+        try:
+            tracer.open_file(args.strip(), **tracer.meta)
+        except VmiError as e:
+            raise MonitorError(str(e)) from None
+        ctx.write(json.dumps(tracer.status()) + "\n")
+
+    def cmd_task(ctx: MonitorContext, args: str) -> None:
+        words = args.split()
+        if len(words) not in (1, 2, 4):
+            raise MonitorError("usage: vmi trace task VAR [OFFSET [PID_AT COMM_AT]]")
+        n = [parse_number(w) for w in words]
+        tracer.set_task(n[0], n[1] if len(n) > 1 else 0, *(n[2:] if len(n) == 4 else ()))
+        ctx.write(json.dumps({"task_var": n[0], "task_offset": n[1] if len(n) > 1 else 0,
+                              "names": len(n) == 4}) + "\n")
+
     table.register("vmi trace", cmd_trace, "VMI call tracer: on|off|clear|status (JSON status)",
                    "on|off|clear|status")
+    table.register("vmi trace file", cmd_file,
+                   "write every event from now on to a trace file (vmigdb.tracefile); close "
+                   "writes its end record", "PATH | close [JSON]")
+    def cmd_limit(ctx: MonitorContext, args: str) -> None:
+        words = args.split()
+        if len(words) != 1:
+            raise MonitorError("usage: vmi trace limit CALLS (0: none)")
+        tracer.set_call_limit(parse_number(words[0]))
+        ctx.write(json.dumps(tracer.status()) + "\n")
+
+    table.register("vmi trace limit", cmd_limit,
+                   "record at most CALLS ROM calls, then stop the guest (0: no limit)", "CALLS")
+    table.register("vmi trace task", cmd_task,
+                   "stamp events with the guest's current task: the u32 at VAR (+ the u32 at "
+                   "OFFSET), named from the task's pid and comm at PID_AT and COMM_AT",
+                   "VAR [OFFSET [PID_AT COMM_AT]]")
     table.register("vmi trace dump", cmd_dump, "trace events as JSON lines (vmigdb.trace)",
                    "[FROM [COUNT]]")
     table.register("vmi rom", cmd_rom, "where the guest's VMI ROM runs and whether it batches")

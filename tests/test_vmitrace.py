@@ -149,19 +149,33 @@ def test_breakpoints_on_rom_entries_do_not_record_a_call_twice(built: Built) -> 
 def test_raw_log_decoded_in_pieces_gives_the_same_events(built: Built) -> None:
     """gdb decodes the stub's raw log itself, in replies of any size: the same events, the same
     seqs as the stub's own decode."""
+    from vmigdb import events as ev
     from vmigdb.rawtrace import RawDecoder
-    from vmigdb.recorder import Recorder
 
     t, _ = _boot(built, "rom=copy")
     base, raw = t.raw(0, 1 << 30)
     assert base == 0 and len(raw) > 100_000
-    rec = Recorder()
-    decoder = RawDecoder(rec)
-    for i in range(0, len(raw), 997):  # pieces that cut items and records anywhere
-        decoder.feed(raw[i:i + 997])
-    assert list(rec.events) == list(t.events)
+    decoder = RawDecoder()
+    pieces = [decoder.feed(raw[i:i + 997]) for i in range(0, len(raw), 997)]  # cut anywhere
+    assert list(ev.to_events(ev.concat(pieces))) == t.events
     t.clear()
     assert t.raw(0, 100) == (len(raw), b"")  # a reader still at 0 learns it lost the log
+
+
+@pytest.mark.parametrize("cmdline", ["rom=copy", "stress=20", "rom=inplace"])
+def test_bulk_decoding_equals_the_recorder_rules(built: Built, cmdline: str) -> None:
+    """The vectorised decoder gives exactly the events the recorder's rules give one record at
+    a time (tests/rawreference.py), for the demo guest's whole run, batched or not."""
+    import rawreference
+
+    from vmigdb import events as ev
+    from vmigdb.rawtrace import RawDecoder
+
+    t, _ = _boot(built, cmdline)
+    _, raw = t.raw(0, 1 << 30)
+    want = rawreference.decode(raw)
+    assert len(want) > 5000
+    assert list(ev.to_events(RawDecoder().feed(raw))) == want
 
 
 def test_trace_packets_answer_and_refuse(built: Built) -> None:

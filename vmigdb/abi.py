@@ -11,6 +11,7 @@ and our tracer (the flush port and the layout of the PTE batch the ROM announces
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
@@ -181,6 +182,17 @@ def field(table: tuple[Field, ...], name: str) -> Field:
         if f.name == name:
             return f
     raise KeyError(name)
+
+
+def packed(table: tuple[Field, ...]) -> struct.Struct:
+    """The little-endian struct of a layout table of consecutive u32 fields, in field order
+    (unpacking gives one int per field)."""
+    at = 0
+    for f in table:
+        if (f.offset, f.size) != (at, 4):
+            raise ValueError(f"{f.name}: not a u32 right after the field before it")
+        at += 4
+    return struct.Struct(f"<{len(table)}I")
 
 
 # --- Page-table, flush and lazy-mode constants (section 5) -------------------------------------
@@ -481,6 +493,7 @@ VMI_BATCH: tuple[Field, ...] = (
     Field("lazy_mode", 20, 4),  # the ROM's lazy mode when the flush started
 )
 VMI_BATCH_SIZE = 24
+VMI_BATCH_HEADER = packed(VMI_BATCH)
 ROM_BATCH_MAGIC = 0x68637462  # "btch"
 
 #: ``struct vmi_batch_entry``: one queued update, applied in queue order.
@@ -491,6 +504,7 @@ VMI_BATCH_ENTRY: tuple[Field, ...] = (
     Field("hi", 12, 4),  # new high dword (SetPxELong)
 )
 VMI_BATCH_ENTRY_SIZE = 16
+VMI_BATCH_ENTRY_STRUCT = packed(VMI_BATCH_ENTRY)
 #: Bits the ROM ORs into an entry's flags word (free in the VMI PTE-update flags).
 ENTRY_LONG = 0x400  # a 64-bit (PAE) update: write hi then lo
 ENTRY_NOTIFY = 0x800  # UpdatePxE(Long): the guest already wrote the entry; only invalidate

@@ -163,12 +163,11 @@ class Recorder:
 
     def flush(self, header: bytes, body_read: Read, header_addr: int) -> tr.BatchFlush | None:
         """The ROM announced a flush: ``header`` is the struct vmi_batch at ``header_addr``."""
-        magic, seq, count, trigger, tlb, _lazy = struct.unpack_from("<6I", header)
+        magic, seq, count, trigger, tlb, _lazy = abi.VMI_BATCH_HEADER.unpack_from(header)
         if magic != abi.ROM_BATCH_MAGIC or count > abi.ROM_QUEUE_LEN:
             return None
         body = body_read(header_addr + abi.VMI_BATCH_SIZE, count * abi.VMI_BATCH_ENTRY_SIZE)
-        entries = [list(struct.unpack_from("<4I", body, i * abi.VMI_BATCH_ENTRY_SIZE))
-                   for i in range(count)]
+        entries = [list(e) for e in abi.VMI_BATCH_ENTRY_STRUCT.iter_unpack(body)][:count]
         e = tr.BatchFlush(self.next_seq(), batch=seq, count=count,
                           trigger=_enum_name(abi.FlushTrigger, trigger),
                           tlb_action=_enum_name(abi.TlbAction, tlb), entries=entries)

@@ -272,6 +272,11 @@ class Cpu:
         """Call ``work`` between two emulations whenever a C hook set ``runctl.service``."""
         self._c_services.append(work)
 
+    def stop_after_service(self, reason: StopReason, message: str) -> None:
+        """From a service: end this run with ``reason`` (a tool stopped the guest, not gdb)."""
+        if self._stop is None:
+            self._stop = (reason, {"message": message})
+
     def _c_service(self) -> bool:
         rc = self.vm.rc
         if not rc.service:

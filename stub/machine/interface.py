@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from vmigdb.stub.machine.stops import CodeHook, PortObserver, Stop
+from vmigdb.stub.machine.stops import CodeHook, PortObserver, Stop, StopReason
 
 
 @runtime_checkable
@@ -55,6 +55,7 @@ class MachineInterface(Protocol):
     def add_port_observer(self, port: int, observer: PortObserver) -> None: ...
     def request_service(self, work: Callable[[], None]) -> None: ...
     def on_c_service(self, work: Callable[[], None]) -> None: ...
+    def stop_after_service(self, reason: StopReason, message: str) -> None: ...
     @property
     def runctl(self) -> object: ...
 

@@ -314,6 +314,9 @@ class PC:
     def on_c_service(self, work: Callable[[], None]) -> None:
         self.cpu.on_c_service(work)
 
+    def stop_after_service(self, reason: StopReason, message: str) -> None:
+        self.cpu.stop_after_service(reason, message)
+
     @property
     def runctl(self):
         return self.cpu.runctl

@@ -2,9 +2,10 @@
  * The recording half of vmigdb's in-stub VMI tracer (stub/vmitrace.py is the other half):
  * per-address Unicorn code hooks on the ROM's entry points and on the return addresses of calls
  * with results. A hit appends one fixed-size raw record: the general registers, 24 bytes of
- * stack and, for a PTE write, the old PTE read through the CPU's TLB at that moment (the ROM
- * overwrites it right after). Python decodes the records later, in order, through the same
- * vmigdb.recorder rules the portable gdb path uses. A Python callback per hit cost ~25 us.
+ * stack, for a PTE write the old PTE read through the CPU's TLB at that moment (the ROM
+ * overwrites it right after), the guest's current task and the machine's clock. Readers decode
+ * the records later, in bulk (vmigdb/rawtrace.py), by the rules of vmigdb.recorder that the
+ * portable gdb path uses. A Python callback per hit cost ~25 us.
  *
  * The hook never stops the CPU itself: a stop inside a code hook lands before the instruction,
  * and resuming there would record the hit twice. It asks run control (runctl.c) for a stop at
@@ -40,6 +41,19 @@ int vmigdb_trace_known_add(struct vmigdb_trace *t, uint32_t addr)
     return 0;
 }
 
+/* The guest's current task, read as the kernel reads it (0 when unknown or unmapped). */
+static uint32_t current_task(struct vmigdb_trace *t)
+{
+    uint32_t offset = 0, task = 0;
+    if (t->task_var == 0)
+        return 0;
+    if (t->task_offset != 0 && vm_read_cpu(t->vm, t->task_offset, &offset, 4) != 0)
+        return 0;
+    if (vm_read_cpu(t->vm, (uint32_t)(t->task_var + offset), &task, 4) != 0)
+        return 0;
+    return task;
+}
+
 static void request_service(struct vmigdb_trace *t)
 {
     t->rc->service = 1;
@@ -53,8 +67,16 @@ void vmigdb_trace_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     struct vmigdb_trace *t = site->trace;
     (void)address;
     (void)size;
-    if (t->rc->muted)
+    if (t->rc->muted || t->limit_hit)
         return;
+    if (site->call != TRACE_RETURN) {
+        if (t->call_limit != 0 && t->calls >= t->call_limit) {
+            t->limit_hit = 1;       /* Python stops the run at the service */
+            request_service(t);
+            return;
+        }
+        t->calls++;
+    }
     if (t->count >= t->capacity) {
         t->lost++;
         request_service(t);
@@ -80,6 +102,8 @@ void vmigdb_trace_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     if (site->mem_reg >= 0 && site->mem_size <= sizeof r->mem
         && vm_read_cpu(t->vm, r->regs[site->mem_reg], r->mem, site->mem_size) == 0)
         r->flags |= TRACE_MEM_OK;
+    r->task = current_task(t);
+    r->ticks = t->vm->now;
     t->count++;
     if (t->count >= t->high_water
         || (site->wants_return && (r->flags & TRACE_STACK_OK) && !known(t, r->stack[0])))

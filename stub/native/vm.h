@@ -327,6 +327,8 @@ struct vmigdb_trace_record {
     uint32_t regs[TRACE_REGS];
     uint32_t stack[TRACE_STACK_WORDS];
     uint32_t mem[2];                /* the old PTE of a PTE write, read through the CPU's TLB */
+    uint32_t task;                  /* the guest's current task pointer (0: not configured) */
+    uint64_t ticks;                 /* the machine's clock at the hit (vm.now: the block's start) */
 };
 
 struct vmigdb_trace {
@@ -339,6 +341,12 @@ struct vmigdb_trace {
     int reg_ids[TRACE_REGS];
     int (*reg_read_batch)(void *uc, int *regs, void **vals, int count);
     struct vm *vm;                  /* its reads go through vm_read_cpu (CR2 stays the guest's) */
+    uint64_t calls;                 /* ROM entry hits, recorded or lost: the stub's call counter */
+    uint64_t call_limit;            /* record no hit after this many calls (0: no limit) */
+    int32_t limit_hit;              /* the call after the limit came: nothing more is recorded */
+    uint32_t task_var;              /* VA of the current task pointer, 0: none (Linux: current_task) */
+    uint32_t task_offset;           /* VA of a u32 added to task_var first, 0: none (Linux's
+                                     * __per_cpu_offset[0]: per-cpu data moves during boot) */
     uint32_t known[TRACE_KNOWN_SLOTS];  /* return addresses already hooked (0: empty slot) */
 };
 
