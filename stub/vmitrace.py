@@ -215,14 +215,17 @@ class VmiTracer:
         return self._base, bytes(self._log[start:start + size])
 
     # --- the trace file -------------------------------------------------------------------------
-    def open_file(self, path: str | Path, **meta: Any) -> None:
+    def open_file(self, path: str | Path, queue_bytes: int | None = None, **meta: Any) -> None:
         """Write every event from now on to ``path`` (``vmigdb.tracefile``), decoded and
-        compressed in a thread; the guest waits when it falls behind, so nothing is lost."""
+        compressed by a writer process; the guest waits when it is ``queue_bytes`` behind
+        (``tracesink.QUEUE_BYTES``), so nothing is lost."""
         if self.sink is not None:
             raise VmiError(f"a trace file is open already ({self.sink.path})")
         self._decode_all()  # the file's decoder starts where the stub's is
         meta = {"ns_per_tick": rawtrace.NS_PER_TICK, **meta}
-        self.sink = TraceSink(path, self._decoder.state, meta)
+        self.sink = TraceSink(path, self._decoder.state, meta, **(
+            {"queue_bytes": queue_bytes} if queue_bytes is not None else {}))
+        self._drop_log()
 
     def close_file(self, **end: Any) -> dict[str, Any]:
         """Finish the trace file: what it holds (events, calls, bytes), with ``end`` keys in
@@ -231,7 +234,15 @@ class VmiTracer:
             raise VmiError("no trace file is open")
         self._collect()
         sink, self.sink = self.sink, None
-        return sink.close(calls=self.calls, lost=self._lost, **end)
+        answer = sink.close(calls=self.calls, lost=self._lost, **end)
+        state = answer.pop("state", None)
+        if state is not None:  # the stub's decoding goes on after the file's events
+            self._decoder.state = rawtrace.DecoderState.from_json(state)
+        # A gap in the log's offsets: a gdb that read the log before the file opened has not
+        # seen the file's events, and learns it (its offset is below the new base).
+        self._base += 1
+        self._decoded = self._base
+        return answer
 
     def service(self) -> None:
         """Between runs: collect the records, install the hooks they need (the ROM's entries
@@ -276,9 +287,10 @@ class VmiTracer:
             t.lost = 0
 
     def _append(self, item: bytes) -> None:
-        self._log += item
-        if self.sink is not None:
+        if self.sink is not None:  # the file has every event: the stub keeps none meanwhile
             self.sink.put(item)  # blocks while the file's writer is behind: the guest waits
+            return
+        self._log += item
 
     def _decode_all(self) -> None:
         self._collect()
@@ -443,9 +455,21 @@ def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:
                 raise MonitorError(str(e)) from None
             return
         if not word:
-            raise MonitorError("usage: vmi trace file PATH | close [JSON]")
+            raise MonitorError("usage: vmi trace file PATH | {\"path\": PATH, header keys} | "
+                               "close [JSON]")
+        path, header = args.strip(), {}
+        if path.startswith("{"):
+            try:
+                spec = json.loads(path) if len(path) <= 8192 else None
+            except ValueError:
+                spec = None
+            if not isinstance(spec, dict) or not isinstance(spec.get("path"), str) or not all(
+                    isinstance(v, str | int | float | bool | None) for v in spec.values()):
+                raise MonitorError("vmi trace file: a JSON object of scalars with a path")
+            path = spec.pop("path")
+            header = spec
         try:
-            tracer.open_file(args.strip(), **tracer.meta)
+            tracer.open_file(path, **{**tracer.meta, **header})
         except VmiError as e:
             raise MonitorError(str(e)) from None
         ctx.write(json.dumps(tracer.status()) + "\n")

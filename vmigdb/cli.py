@@ -104,6 +104,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     machine = _machine(args)
     monitor = default_table()
     tracer = VmiTracer(machine)
+    tracer.meta = {"guest": str(Path(args.guest).resolve()),
+                   "rom": None if args.rom in (None, "none") else str(Path(args.rom).resolve()),
+                   "cmdline": args.cmdline, "memory_mib": args.memory,
+                   "initrd": str(Path(args.initrd).resolve()) if args.initrd else None}
     if args.trace:
         tracer.start()
     register_monitor(monitor, tracer)
@@ -140,7 +144,9 @@ def _cmd_capture(args: argparse.Namespace) -> int:
         rom=Path(args.rom) if args.rom else None, cmdline=args.cmdline, target=args.target,
         until=capture.Until.parse(args.until),
         gdb_script=Path(args.gdb_script) if args.gdb_script else None,
-        timeout=args.timeout, serial=Path(args.serial) if args.serial else None)
+        timeout=args.timeout, serial=Path(args.serial) if args.serial else None,
+        initrd=Path(args.initrd) if args.initrd else None, memory=args.memory,
+        symbols=Path(args.symbols) if args.symbols else None)
     if capture.is_terminal(sys.stderr):
         err = console.make_console(sys.stderr)
         result = capture_with_progress(cfg, err)
@@ -148,8 +154,12 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     else:
         result = capture.capture(cfg)
         print(capture.result_line(result), flush=True)
-        if not result.ok:
+        if result.status == "error":
+            print(f"vmigdb: {result.message}", file=sys.stderr)
+        elif not result.ok:
             print(f"vmigdb: the guest failed: {result.message}", file=sys.stderr)
+    if result.status == "error":
+        return EXIT_USAGE
     return EXIT_OK if result.ok else EXIT_GUEST_FAILED
 
 
@@ -258,10 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=_cmd_serve)
 
     cap = sub.add_parser("capture", help="run a guest under gdb and write its VMI trace")
-    cap.add_argument("guest", help="multiboot ELF32 guest")
-    cap.add_argument("-o", "--output", required=True, help="trace file to write (JSON lines)")
+    cap.add_argument("guest", help="multiboot ELF32 guest or Linux bzImage")
+    cap.add_argument("-o", "--output", required=True,
+                     help="trace file to write (version 2: an Arrow stream, docs/trace-format.md)")
     cap.add_argument("--rom", help="VMI ROM image (default: the built identity ROM)")
-    cap.add_argument("--cmdline", default="", help="multiboot command line text")
+    cap.add_argument("--cmdline", "--append", default="",
+                     help="the guest's command line (multiboot text or the kernel's)")
+    cap.add_argument("--initrd", help="a Linux guest's initramfs")
+    cap.add_argument("-m", "--memory", type=_memory, metavar="MIB",
+                     help="RAM in MiB (default 128)")
+    cap.add_argument("--symbols", metavar="ELF",
+                     help="the guest's symbols (a bzImage's vmlinux): callers, tasks, --until")
     cap.add_argument("--target", choices=("stub", "qemu"), default="stub",
                      help="vmigdb's stub (fast path) or qemu-system-i386 (portable path)")
     cap.add_argument("--until", default="exit",

@@ -71,6 +71,19 @@ class RawTraceError(ValueError):
     """The raw stream is not what the stub writes (a corrupt or foreign reply)."""
 
 
+def item(kind: bytes, payload: bytes) -> bytes:
+    return _ITEM.pack(kind, len(payload)) + payload
+
+
+def item_header(buf: bytes, pos: int) -> tuple[bytes, int, int] | None:
+    """(kind, payload start, payload end) of the item at ``pos``, or None if it is not whole."""
+    if len(buf) - pos < _ITEM.size:
+        return None
+    kind, size = _ITEM.unpack_from(buf, pos)
+    end = pos + _ITEM.size + size
+    return (kind, pos + _ITEM.size, end) if end <= len(buf) else None
+
+
 def records_item(records: bytes) -> bytes:
     return _ITEM.pack(b"R", len(records)) + records
 

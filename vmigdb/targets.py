@@ -114,6 +114,27 @@ def qemu_linux_argv(kernel: Path, initrd: Path | None, cmdline: str, rom: Path |
     return argv
 
 
+def qemu_linux_rom_argv(kernel: Path, initrd: Path | None, cmdline: str, rom: Path | None,
+                        serial: Path, gdb_port: int | None = None,
+                        memory_mib: int = 128) -> list[str]:
+    """QEMU booting a Linux bzImage as ../shared/linux/README.md does, the ROM as an option ROM
+    that SeaBIOS places at 0xC0000 (``-option-rom``), with the reference CPU of ``qemu_argv``;
+    with ``gdb_port`` its gdbstub waits at reset. Unlike ``qemu_linux_argv`` this is the
+    machine a user runs (firmware, BIOS tables), not one made to match vmigdb's boot line for
+    line: the gdb commands must work on both."""
+    argv = [QEMU, "-nodefaults", "-accel", "tcg,thread=single", "-m", str(memory_mib),
+            *QEMU_CPU, "-display", "none", "-no-reboot", "-monitor", "none",
+            "-serial", f"file:{serial}", "-device", DEBUG_EXIT, "-kernel", str(kernel),
+            "-append", cmdline]
+    if initrd is not None:
+        argv += ["-initrd", str(initrd)]
+    if rom is not None:
+        argv += ["-option-rom", str(rom)]
+    if gdb_port is not None:
+        argv += ["-gdb", f"tcp:127.0.0.1:{gdb_port}", "-S"]
+    return argv
+
+
 def _spawn(argv: list[str], stdout: Path, stderr: Path) -> subprocess.Popen[bytes]:
     try:
         with open(stdout, "wb") as out, open(stderr, "ab") as err:
@@ -130,7 +151,7 @@ def _last_line(text: str) -> str:
 
 def start_stub(guest: Path, rom: Path, cmdline: str, work: Path, *,
                serial: Path | None = None, trace: bool = False,
-               initrd: Path | None = None) -> Target:
+               initrd: Path | None = None, memory_mib: int | None = None) -> Target:
     """``vmigdb serve --port 0`` in a child; the guest waits at its entry for gdb."""
     log = work / "stub.log"
     serial = serial or work / "stub-serial.log"
@@ -138,6 +159,8 @@ def start_stub(guest: Path, rom: Path, cmdline: str, work: Path, *,
             "--cmdline", cmdline, "--port", "0"] + (["--trace"] if trace else [])
     if initrd is not None:
         argv += ["--initrd", str(initrd)]
+    if memory_mib is not None:
+        argv += ["-m", str(memory_mib)]
     proc = _spawn(argv, serial, log)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -154,13 +177,30 @@ def start_stub(guest: Path, rom: Path, cmdline: str, work: Path, *,
 
 def start_qemu(guest: Path, rom: Path | None, cmdline: str, work: Path, *,
                serial: Path | None = None) -> Target:
-    """QEMU stopped at reset with its gdbstub on a free port."""
+    """QEMU stopped at reset with its gdbstub on a free port (a multiboot guest)."""
+    serial = serial or work / "qemu-serial.log"
+    port = free_port()
+    return _start_qemu(qemu_argv(guest, rom, cmdline, serial, gdb_port=port), port, work,
+                       serial)
+
+
+def start_qemu_linux(kernel: Path, initrd: Path | None, rom: Path | None, cmdline: str,
+                     work: Path, *, serial: Path | None = None,
+                     memory_mib: int = 128) -> Target:
+    """QEMU booting a Linux bzImage (``qemu_linux_rom_argv``), stopped at reset with its
+    gdbstub on a free port."""
+    serial = serial or work / "qemu-serial.log"
+    port = free_port()
+    argv = qemu_linux_rom_argv(kernel, initrd, cmdline, rom, serial, gdb_port=port,
+                               memory_mib=memory_mib)
+    return _start_qemu(argv, port, work, serial)
+
+
+def _start_qemu(argv: list[str], port: int, work: Path, serial: Path) -> Target:
     if shutil.which(QEMU) is None:
         raise TargetError(f"{QEMU} not found (install qemu-system-x86)")
     log = work / "qemu.log"
-    serial = serial or work / "qemu-serial.log"
-    port = free_port()
-    proc = _spawn(qemu_argv(guest, rom, cmdline, serial, gdb_port=port), log, log)
+    proc = _spawn(argv, log, log)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -23,6 +23,8 @@ def capture_with_progress(cfg: capture.Config, console: Console) -> capture.Resu
 
         def update(p: capture.Progress) -> None:
             rate = f"{p.events / p.seconds:,.0f}" if p.seconds > 0 and p.events else "-"
+            if p.bytes and not p.events:  # the stub writes the file: its size is the news
+                rate = f"{p.bytes / 1e6:.1f} MB written, -"
             bar.update(task, completed=min(p.calls, limit) if limit else p.calls,
                        events=p.events, rate=rate, description=f"{p.state} {cfg.guest.name} "
                        f"on the {cfg.target}")
