@@ -126,7 +126,7 @@ def _workloads() -> list[Workload]:
 
 
 def main() -> int:
-    console = make_console()
+    console = make_console(width=150)
     table = Table(title="vmigdb capture (stub, fast path) against the untraced run, same machine")
     for col in ("workload", "run", "capture", "capture/run", "events", "events/s", "B/event",
                 "peak RSS capture/gdb/stub/writer (MiB)"):

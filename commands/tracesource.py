@@ -78,6 +78,10 @@ class StubSource:
         self._raw: bool | None = None
         self._offset = 0
         self._decoder = RawDecoder()
+        #: Events the stub dropped before gdb read them, and the seq ranges [from, to).
+        self.lost = 0
+        self.gaps: list[tuple[int, int]] = []
+        self._next_seq = 0  # where the stub's decoded events go on from, once the log is lost
 
     def _alive(self) -> bool:
         """False once the connection closed; then the cached events are all there is."""
@@ -115,7 +119,8 @@ class StubSource:
         st = _json_object(_monitor("vmi trace status")) or {}
         if isinstance(st.get("rom_base"), int):
             st["rom_base"] = f"{st['rom_base']:#x}"
-        return {"source": self.kind, **st, "fetched": len(self._events)}
+        return {"source": self.kind, **st, "fetched": len(self._events),
+                "lost_before_read": self.lost, "kept_dropped": self._events.dropped}
 
     def events(self) -> ev.EventList:
         if not self._alive():
@@ -125,8 +130,13 @@ class StubSource:
             if self._raw:
                 return self._events
         while True:  # the stub's own decoded events, as console text
-            start = self._events[-1].seq + 1 if self._events else 0
+            start = self._events[-1].seq + 1 if self._events else self._next_seq
             got = self._fetch_monitor(start)
+            first = got[0].get("seq") if got and isinstance(got[0], dict) else None
+            if isinstance(first, int) and first > start:
+                # The stub's ring dropped these before we read them: say how many, and where.
+                self.lost += first - start
+                self.gaps.append((start, first))
             try:
                 self._events.extend(tr.event_from_json(d) for d in got)
             except ValueError as e:
@@ -166,6 +176,7 @@ class StubSource:
             if not sep or base < 0:
                 raise VmiError("the stub sent a bad raw trace reply")
             if base > self._offset:
+                self._next_seq = self._decoder.state.seq
                 return False  # the stub dropped bytes we had not read
             try:
                 inflate = zlib.decompressobj()

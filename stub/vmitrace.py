@@ -79,6 +79,7 @@ class VmiTracer:
         self._task_layout: tuple[int, int] | None = None
         self._task_names: dict[int, tuple[int, bytes]] = {}
         self._limit_stopped = False
+        self._bounding = False  # a service to keep the log's bound is on its way
         # The C half: the record buffer, its control block and one site struct per hook.
         self._hook_fn = c_function("vmigdb_trace_hook")
         self._records = ffi.new("struct vmigdb_trace_record[]", RAW_CAPACITY)
@@ -267,8 +268,7 @@ class VmiTracer:
                 StopReason.HOOK, f"vmi trace: the call limit ({self._trace.call_limit} ROM "
                 "calls) is reached; nothing more is recorded")
         if len(self._log) > self._log_limit:
-            self._decode_all()
-            self._drop_log()
+            self._bound()
 
     # --- the raw log ------------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -291,6 +291,17 @@ class VmiTracer:
             self.sink.put(item)  # blocks while the file's writer is behind: the guest waits
             return
         self._log += item
+        if len(self._log) > self._log_limit and not self._bounding:
+            # Port observers append inside a run, where nothing may be decoded: the bound is
+            # kept between runs, at the next service.
+            self._bounding = True
+            self.machine.request_service(self._bound)
+
+    def _bound(self) -> None:
+        self._bounding = False
+        if len(self._log) > self._log_limit:
+            self._decode_all()
+            self._drop_log()
 
     def _decode_all(self) -> None:
         self._collect()

@@ -195,3 +195,27 @@ def test_trace_packets_answer_and_refuse(built: Built) -> None:
     for bad in (b":zz,1", b":1", b"", b":-1,4"):
         with pytest.raises(rsp.RspError):
             q[b"qvmigdb.raw"](bad)
+
+
+def test_a_reader_that_falls_behind_learns_exactly_what_it_lost(built: Built) -> None:
+    """The stub keeps a bounded raw log and event ring: a reader that did not keep up finds
+    the log gone past its offset, and the ring says how many events went and from which seq,
+    so nothing is lost silently."""
+    from vmigdb import events as ev
+    from vmigdb.rawtrace import RawDecoder
+
+    m = Machine.from_files(str(built.guest), rom=str(built.rom), cmdline="stress=20")
+    t = VmiTracer(m, capacity=10_000, log_limit=1 << 20)
+    t.start()
+    assert m.run().reason is StopReason.EXIT
+    st = t.status()
+    base, _ = t.raw(0, 100)
+    assert base > 0 and st["raw_bytes"] <= (1 << 20) + (2 << 20)  # one collection past it
+    assert st["events"] == 10_000 and st["dropped"] == st["next_seq"] - 10_000 > 100_000
+    kept = list(t.dump(0))
+    assert kept[0].seq == st["dropped"] and kept[-1].seq == st["next_seq"] - 1
+    # What was kept is what a reader from the start would have decoded at those seqs.
+    calm, _ = _boot(built, "stress=20")
+    _, raw = calm.raw(0, 1 << 30)
+    whole = list(ev.to_events(RawDecoder().feed(raw)))
+    assert kept == whole[st["dropped"]:]
