@@ -189,6 +189,12 @@ class FakeMachine:
     def on_c_service(self, work: Callable[[], None]) -> None:
         pass
 
+    def stop_after_service(self, reason: StopReason, message: str) -> None:
+        pass
+
+    def on_reset(self, observer: Callable[[], None]) -> None:
+        pass
+
     @property
     def runctl(self) -> object:
         return None
