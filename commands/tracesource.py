@@ -183,7 +183,12 @@ class StubSource:
                 data = inflate.decompress(data, RAW_CHUNK)  # never more than we asked for
                 if inflate.unconsumed_tail or not inflate.eof:
                     raise ValueError("the reply is longer than asked, or cut")
-                self._events.add(self._decoder.feed(data))
+                resets = self._decoder.resets
+                chunk = self._decoder.feed(data)
+                if self._decoder.resets != resets:  # the machine was reset: a fresh trace
+                    self._events.clear()
+                    self.lost, self.gaps = 0, []
+                self._events.add(chunk)
             except (zlib.error, ValueError) as e:
                 raise VmiError(f"the stub sent a bad raw trace: {e}") from None
             self._offset += len(data)

@@ -92,6 +92,7 @@ class VmiTracer:
         t.vm = machine.native.vm
         self._sites: dict[object, object] = {}  # hook handle -> its C user data
         machine.on_c_service(self.service)
+        machine.on_reset(self._on_reset)
         machine.add_port_observer(abi.ROM_INIT_PORT, self._on_init_port)
         machine.add_port_observer(abi.ROM_FLUSH_PORT, self._on_flush_port)
 
@@ -188,6 +189,7 @@ class VmiTracer:
             "raw_bytes": len(self._log),
             "calls": self.calls,
             "lost": self._lost,
+            "resets": self._decoder.resets,
             "limit_hit": self.limit_hit,
         }
         if self.sink is not None:
@@ -269,6 +271,33 @@ class VmiTracer:
                 "calls) is reached; nothing more is recorded")
         if len(self._log) > self._log_limit:
             self._bound()
+
+    def _on_reset(self) -> None:
+        """The machine was reset: a fresh trace. The ROM is gone (its hooks go, vmi_init will
+        announce it again), an open trace file ends, the events kept are dropped, the call
+        counter starts again; the tracer stays on if it was."""
+        self._collect()
+        if self.sink is not None:
+            self.close_file(status="reset", message="the machine was reset")
+        was = self.enabled
+        self.enabled = False
+        self._remove_hooks()
+        self.rom_base, self._pending_base, self._rom_batched = None, None, False
+        self._wanted.clear()
+        self._task_names.clear()
+        t = self._trace
+        t.count = t.lost = 0
+        t.calls = 0
+        t.limit_hit = 0
+        self._limit_stopped = False
+        self._lost = 0
+        self._decode_all()
+        self._ring.clear()
+        self._kept = self._dropped = 0
+        self._append(rawtrace.reset_item())
+        self._decode_all()  # the stub's decoder starts afresh too
+        if was:
+            self.start()
 
     # --- the raw log ------------------------------------------------------------------------------
     def _collect(self) -> None:

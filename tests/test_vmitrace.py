@@ -219,3 +219,25 @@ def test_a_reader_that_falls_behind_learns_exactly_what_it_lost(built: Built) ->
     _, raw = calm.raw(0, 1 << 30)
     whole = list(ev.to_events(RawDecoder().feed(raw)))
     assert kept == whole[st["dropped"]:]
+
+
+def test_a_machine_reset_starts_a_fresh_trace(built: Built) -> None:
+    """monitor reset (or gdb's kill): the trace starts again from seq 0 with the next run's
+    events, the call counter too, and a reader of the raw log sees only the new run."""
+    from vmigdb import events as ev
+    from vmigdb.rawtrace import RawDecoder
+
+    m = Machine.from_files(str(built.guest), rom=str(built.rom), cmdline="rom=copy")
+    t = VmiTracer(m)
+    t.start()
+    assert m.run().reason is StopReason.EXIT
+    first, calls = t.events, t.calls
+    m.reset()
+    assert t.status()["events"] == 0 and t.calls == 0 and t.enabled
+    assert m.run().reason is StopReason.EXIT
+    second = t.events
+    assert t.calls == calls and len(second) == len(first) and second[0].seq == 0
+    _same_events(first, second)
+    decoder = RawDecoder()
+    _, raw = t.raw(0, 1 << 30)
+    assert list(ev.to_events(decoder.feed(raw))) == second and decoder.resets == 1

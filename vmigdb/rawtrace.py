@@ -18,6 +18,8 @@ An item is a kind byte, a little-endian u32 payload length, then the payload:
   header and entries as read at the flush;
 * ``T``: u32 task pointer, u32 pid, 16 bytes of its name (NUL-padded): a task the records name,
   when first seen or renamed (Linux: ``task_struct.pid`` and ``.comm``);
+* ``X``: no payload: the machine was reset. What came before belongs to another run: a decoder
+  starts afresh (seq 0) and drops the events of the old run still in the same piece;
 * ``S``: u32 "the ROM batches", the state a decoder cannot see for itself, when tracing
   (re)starts or its hooks go (vmi_init may have run untraced); calls awaiting their return are
   forgotten (their return addresses are no longer watched).
@@ -98,6 +100,10 @@ _TASK = struct.Struct("<II16s")
 def task_item(task: int, pid: int, comm: bytes) -> bytes:
     return _ITEM.pack(b"T", _TASK.size) + _TASK.pack(task & 0xFFFFFFFF, pid & 0xFFFFFFFF,
                                                      comm[:16])
+
+
+def reset_item() -> bytes:
+    return _ITEM.pack(b"X", 0)
 
 
 def state_item(batched: bool) -> bytes:
@@ -236,6 +242,8 @@ class RawDecoder:
         self._pending = b""  # an item cut between two pieces
         #: Tasks named since the last ``take_tasks``: pointer -> (pid, name).
         self.new_tasks: dict[int, tuple[int, str]] = {}
+        #: Machine resets decoded so far (each one starts a fresh trace).
+        self.resets = 0
 
     def take_tasks(self) -> dict[int, tuple[int, str]]:
         tasks, self.new_tasks = self.new_tasks, {}
@@ -258,6 +266,11 @@ class RawDecoder:
                 if size % RECORD.itemsize:
                     raise RawTraceError(f"records item of {size} bytes")
                 parts.append(view[start:end])
+            elif kind == b"X":  # a reset: a fresh trace from here
+                parts.clear()
+                ports.clear()
+                self.state = DecoderState()
+                self.resets += 1
             elif kind == b"T":
                 if size != _TASK.size:
                     raise RawTraceError(f"task item of {size} bytes")

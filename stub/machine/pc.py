@@ -123,6 +123,7 @@ class PC:
         self.cpu.serve_devices = self._serve_devices
         self._serial_failed = False
         self._observers: dict[int, list[PortObserver]] = {}
+        self._reset_observers: list[Callable[[], None]] = []
         self.serial_input: SerialInput | None = None
         self.reset(fresh=True)
 
@@ -169,6 +170,14 @@ class PC:
         uc.ctl_flush_tb()
         self.memory.flush_tlb()
         self.memory.xlate.clear()
+        if not fresh:
+            for observer in self._reset_observers:
+                observer()
+
+    def on_reset(self, observer: Callable[[], None]) -> None:
+        """Call ``observer`` after each reset (gdb's kill, ``monitor reset``, the guest's):
+        what the tools kept of the old run (hooks, traces) no longer applies."""
+        self._reset_observers.append(observer)
 
     # --- devices that need Python ------------------------------------------------------------------
     def _serve_devices(self, requests: int) -> Stop | None:
