@@ -112,14 +112,20 @@ def test_whole_run_on_the_stub_and_a_prefix_until_a_symbol(built: Built, tmp_pat
         assert (p[name] == t[name][:len(p)]).all(), name
 
 
+def _capture_linux(linux: Linux, built: Built, out: Path, serial: Path
+                   ) -> tuple[subprocess.CompletedProcess[str], dict]:
+    return capture(linux.bzimage, out, "--rom", str(built.rom), "--initrd", str(linux.initrd),
+                   "--append", "console=ttyS0", "--symbols", str(linux.vmlinux), "--serial",
+                   str(serial))
+
+
 def test_a_whole_linux_boot_keeps_every_rom_call(linux: Linux, built: Built,
                                                  tmp_path: Path) -> None:
     """From reset to the workload's end: as many calls in the file as the stub counted, each
-    event stamped with the virtual clock and the current task, tasks named."""
+    event stamped with the virtual clock and the current task, tasks named. A second capture
+    gives the same trace, clock values and all (the machine's time is virtual)."""
     out, serial = tmp_path / "linux.vmt", tmp_path / "com1"
-    r, summary = capture(linux.bzimage, out, "--rom", str(built.rom), "--initrd",
-                         str(linux.initrd), "--append", "console=ttyS0", "--symbols",
-                         str(linux.vmlinux), "--serial", str(serial))
+    r, summary = _capture_linux(linux, built, out, serial)
     assert r.returncode == 0, r.stderr
     assert summary["status"] == "exited" and summary["guest_code"] == 0, summary
     assert "VMIGDB-INIT: done" in serial.read_text(errors="replace")
@@ -133,6 +139,16 @@ def test_a_whole_linux_boot_keeps_every_rom_call(linux: Linux, built: Built,
     assert f.tasks[int(t["task"][-1])][1] in named
     assert (t["task"][1:] != 0).all()  # vmi_init comes before any record names a task
     assert f.header["symbols"] == str(linux.vmlinux.resolve())
+
+    again = tmp_path / "again.vmt"
+    r, _ = _capture_linux(linux, built, again, tmp_path / "com1-again")
+    assert r.returncode == 0, r.stderr
+    g, u = read(again)
+    assert len(u) == len(t) and g.tasks == f.tasks
+    for name in ev.EVENT.names:
+        assert (u[name] == t[name]).all(), name
+    assert (u.entries == t.entries).all()
+    assert serial.read_bytes() == (tmp_path / "com1-again").read_bytes()
 
 
 def test_a_slow_reader_loses_nothing(built: Built, tmp_path: Path) -> None:
