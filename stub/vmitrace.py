@@ -432,6 +432,8 @@ class VmiTracer:
         return False
 
 
+#: Events per ``monitor vmi trace dump`` reply at most (~1.5 MB of JSON).
+DUMP_MAX = 10_000
 #: Raw log bytes per ``qvmigdb.raw`` reply at most.
 RAW_PER_REPLY = 1 << 20
 
@@ -471,8 +473,12 @@ def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:
         if len(words) > 2:
             raise MonitorError("usage: vmi trace dump [FROM [COUNT]]")
         start = parse_number(words[0]) if words else 0
-        count = parse_number(words[1]) if len(words) > 1 else None
-        ctx.write("".join(tr.dumps(e) + "\n" for e in tracer.dump(start, count)))
+        count = min(parse_number(words[1]), DUMP_MAX) if len(words) > 1 else DUMP_MAX
+        events = list(tracer.dump(start, count + 1))
+        text = "".join(tr.dumps(e) + "\n" for e in events[:count])
+        if len(events) > count:  # one reply stays small; say where the next one starts
+            text += json.dumps({"type": "more", "next": events[count].seq}) + "\n"
+        ctx.write(text)
 
     def cmd_rom(ctx: MonitorContext, args: str) -> None:
         if tracer.rom_base is None:
@@ -541,6 +547,8 @@ def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:
                    "stamp events with the guest's current task: the u32 at VAR (+ the u32 at "
                    "OFFSET), named from the task's pid and comm at PID_AT and COMM_AT",
                    "VAR [OFFSET [PID_AT COMM_AT]]")
-    table.register("vmi trace dump", cmd_dump, "trace events as JSON lines (vmigdb.trace)",
+    table.register("vmi trace dump", cmd_dump,
+                   f"trace events as JSON lines (vmigdb.trace), at most {DUMP_MAX} a reply; a "
+                   'last line {"type": "more", "next": SEQ} says where the next one starts',
                    "[FROM [COUNT]]")
     table.register("vmi rom", cmd_rom, "where the guest's VMI ROM runs and whether it batches")

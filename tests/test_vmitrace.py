@@ -241,3 +241,31 @@ def test_a_machine_reset_starts_a_fresh_trace(built: Built) -> None:
     decoder = RawDecoder()
     _, raw = t.raw(0, 1 << 30)
     assert list(ev.to_events(decoder.feed(raw))) == second and decoder.resets == 1
+
+
+def test_a_dump_reply_stays_small(built: Built) -> None:
+    """monitor vmi trace dump answers at most DUMP_MAX events, then says where to go on."""
+    import json
+
+    from vmigdb.stub.monitor import MonitorTable
+    from vmigdb.stub.vmitrace import DUMP_MAX, register_monitor
+
+    class Ctx:
+        def __init__(self, machine: Machine) -> None:
+            self.machine, self.phys_mode = machine, False
+
+        def write(self, text: str) -> None:
+            out.append(text)
+
+    t, _ = _boot(built, "stress=5")
+    table = MonitorTable()
+    register_monitor(table, t)
+    out: list[str] = []
+    ctx = Ctx(t.machine)
+    table.dispatch(ctx, "vmi trace dump")
+    lines = [json.loads(ln) for ln in "".join(out).splitlines()]
+    assert len(lines) == DUMP_MAX + 1 and lines[-1] == {"type": "more", "next": DUMP_MAX}
+    out.clear()
+    table.dispatch(ctx, f"vmi trace dump {DUMP_MAX} 3")
+    assert [json.loads(ln)["seq"] for ln in "".join(out).splitlines()[:3]] == [
+        DUMP_MAX, DUMP_MAX + 1, DUMP_MAX + 2]
