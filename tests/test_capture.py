@@ -162,9 +162,9 @@ def test_a_slow_reader_loses_nothing(built: Built, tmp_path: Path) -> None:
 
     def drain() -> None:
         with open(fifo, "rb") as src, open(got, "wb") as dst:
-            while chunk := src.read(16 << 10):
+            while chunk := src.read(4 << 10):
                 dst.write(chunk)
-                time.sleep(0.002)  # ~8 MB/s: slower than the guest makes them
+                time.sleep(0.01)  # ~400 KB/s of compressed trace: ~5x slower than it comes
 
     reader = threading.Thread(target=drain)
     reader.start()

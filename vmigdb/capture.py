@@ -14,7 +14,8 @@ next call. With the kernel's symbols (``--symbols vmlinux``), each event also ca
 current task, named by pid and comm. On QEMU (the portable path) gdb records at breakpoints; the
 driver pulls the events with ``-vmi-trace-events`` as the guest runs (MI async mode) and writes
 them itself. QEMU closes the socket when the guest exits, without a ``W`` packet (shared
-reference qemu-reference.md G6): that is the exit, and the guest's code comes from QEMU's status.
+reference qemu-reference.md G6): that is the exit, and the guest's code comes from QEMU's status
+(``vmigdb.debugexit``).
 
 Either way the file ends with an end record saying how the capture ended, and a capture killed
 at any moment leaves the batches written so far readable. Children (target, gdb) are started
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import subprocess
 import tempfile
 import time
@@ -35,16 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import vmigdb
+from vmigdb import elf, mi, resources, targets
 from vmigdb import events as ev
-from vmigdb import mi, targets
 from vmigdb import trace as tr
-from vmigdb.errors import VmiError
+from vmigdb.errors import GuestImageError, VmiError
 from vmigdb.tracefile import TraceFileWriter
 
 TARGETS = ("stub", "qemu")
 #: The loader gdb sources: the repository's ``vmigdb.py`` next to the package.
-LOADER = Path(vmigdb.__file__).resolve().parent.parent / "vmigdb.py"
+LOADER = resources.gdb_script()
 #: Events asked for per ``-vmi-trace-events`` (one MI line each; ~150 bytes per event).
 PULL_CHUNK = 5000
 #: Seconds between progress updates (the stub) or pulls (QEMU) while the guest runs.
@@ -155,18 +154,15 @@ class Result:
 
 
 def elf_entry(path: Path) -> int:
-    """The ELF32 entry point: where both targets start the guest (the multiboot entry)."""
+    """The ELF entry point: where both targets start the guest (the multiboot entry)."""
     try:
-        head = path.read_bytes()[:0x1C]
-    except OSError as e:
-        raise CaptureError(f"cannot read guest {path}: {e.strerror}") from None
-    if len(head) < 0x1C or head[:4] != b"\x7fELF" or head[4] != 1:
-        raise CaptureError(f"{path} is not an ELF32 guest")
-    return struct.unpack_from("<I", head, 0x18)[0]
+        return elf.entry(path)
+    except GuestImageError as e:
+        raise CaptureError(f"{path}: {e}") from None
 
 
 def default_rom() -> Path:
-    return LOADER.parent / "build" / "vmi_rom.bin"
+    return resources.rom()
 
 
 def _one_line(text: str) -> str:
@@ -457,7 +453,9 @@ class _StubRun:
         tasks by ``task_struct.pid`` and ``.comm``, at the addresses the symbols give."""
         def value(expr: str) -> int | None:
             try:
-                return int(self.gdb.evaluate(f"(unsigned long)({expr})").split()[0], 0)
+                res = self.gdb.ok(f"-data-evaluate-expression "
+                                  f"{mi.quote(f'(unsigned long)({expr})')}")
+                return int(res.payload["value"].split()[0], 0)
             except (mi.GdbMiError, ValueError, IndexError):
                 return None
 
