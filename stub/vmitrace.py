@@ -308,7 +308,9 @@ class VmiTracer:
             data = ffi.buffer(self._records, t.count * rawtrace.RECORD.itemsize)[:]
             t.count = 0
             self._append(rawtrace.records_item(data))
-            self._wanted |= rawtrace.return_addresses(data)
+            if t.new_return:  # only then: finding them costs more than the records' copy
+                t.new_return = 0
+                self._wanted |= rawtrace.return_addresses(data)
             if self._task_layout is not None:
                 self._name_tasks(data)
         if t.lost:

@@ -105,7 +105,10 @@ void vmigdb_trace_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     r->task = current_task(t);
     r->ticks = t->vm->now;
     t->count++;
-    if (t->count >= t->high_water
-        || (site->wants_return && (r->flags & TRACE_STACK_OK) && !known(t, r->stack[0])))
+    if (site->wants_return && (r->flags & TRACE_STACK_OK) && !known(t, r->stack[0])) {
+        t->new_return = 1;
         request_service(t);
+    } else if (t->count >= t->high_water) {
+        request_service(t);
+    }
 }

@@ -344,6 +344,7 @@ struct vmigdb_trace {
     uint64_t calls;                 /* ROM entry hits, recorded or lost: the stub's call counter */
     uint64_t call_limit;            /* record no hit after this many calls (0: no limit) */
     int32_t limit_hit;              /* the call after the limit came: nothing more is recorded */
+    int32_t new_return;             /* a record since the last drain returns to an unhooked address */
     uint32_t task_var;              /* VA of the current task pointer, 0: none (Linux: current_task) */
     uint32_t task_offset;           /* VA of a u32 added to task_var first, 0: none (Linux's
                                      * __per_cpu_offset[0]: per-cpu data moves during boot) */
