@@ -33,13 +33,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmigdb.tracefile import TraceFileWriter
 
 from vmigdb import elf, mi, resources, targets
-from vmigdb import events as ev
 from vmigdb import trace as tr
 from vmigdb.errors import GuestImageError, VmiError
-from vmigdb.tracefile import TraceFileWriter
 
 TARGETS = ("stub", "qemu")
 #: The loader gdb sources: the repository's ``vmigdb.py`` next to the package.
@@ -298,7 +299,8 @@ class _Run:
 
 
 class _EventWriter:
-    """The portable path's events, as they are pulled, into a version 2 trace file."""
+    """The portable path's events, as they are pulled, into a version 2 trace file (numpy
+    and Arrow are imported for this path only: the stub's path writes in the stub)."""
 
     def __init__(self, writer: TraceFileWriter) -> None:
         self.file = writer
@@ -310,6 +312,8 @@ class _EventWriter:
         self.count += 1
 
     def flush(self) -> None:
+        from vmigdb import events as ev
+
         if self._held:
             self.file.add(ev.from_events(self._held))
             self._held.clear()
@@ -550,6 +554,8 @@ def _capture_stub(cfg: Config, kind: str, rom: Path, tmp: Path,
 
 def _capture_portable(cfg: Config, kind: str, rom: Path, tmp: Path,
                       on_progress: Callable[[Progress], None] | None) -> Result:
+    from vmigdb.tracefile import TraceFileWriter
+
     try:
         file = TraceFileWriter(cfg.output, clock="none", **_header(cfg, rom))
     except OSError as e:
