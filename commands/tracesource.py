@@ -13,25 +13,22 @@ connection stay readable (``vmi trace save`` after QEMU exited).
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import gdb
 
 from vmigdb import events as ev
+from vmigdb import rawpacket
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall
 from vmigdb.commands import target
 from vmigdb.commands.portable import PortableTracer
 from vmigdb.errors import VmiError
 from vmigdb.rawtrace import RawDecoder
-from vmigdb.stub import rsp
 
 #: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
 DUMP_CHUNK = 2000
-#: Raw log bytes asked for per ``qvmigdb.raw`` (a shorter reply is the end of the log).
-RAW_CHUNK = 1 << 20
 #: Events gdb keeps (74 bytes each, ~300 MB); past it the oldest go, counted.
 KEEP_EVENTS = 4 << 20
 
@@ -160,39 +157,32 @@ class StubSource:
             return None
         if reply[:1] == b"E" and len(reply) == 3:
             raise VmiError(f"the stub refused {packet.partition(':')[0]} ({reply.decode()})")
-        return rsp.unescape_binary(reply)
+        return reply
 
     def _fetch_raw(self) -> bool:
         """Decode the stub's raw log from where we stopped; False if that is not possible."""
         while True:
-            reply = self._send(f"qvmigdb.raw:{self._offset:x},{RAW_CHUNK:x}")
+            reply = self._send(rawpacket.request(self._offset))
             if reply is None:
                 return False
-            head, sep, data = reply.partition(b";")
             try:
-                base = int(head, 16)
-            except ValueError:
-                base = -1
-            if not sep or base < 0:
-                raise VmiError("the stub sent a bad raw trace reply")
+                base, data = rawpacket.parse_reply(reply, rawpacket.PER_REPLY)
+            except rawpacket.RawPacketError as e:
+                raise VmiError(f"the stub sent a bad raw trace reply: {e}") from None
             if base > self._offset:
                 self._next_seq = self._decoder.state.seq
                 return False  # the stub dropped bytes we had not read
             try:
-                inflate = zlib.decompressobj()
-                data = inflate.decompress(data, RAW_CHUNK)  # never more than we asked for
-                if inflate.unconsumed_tail or not inflate.eof:
-                    raise ValueError("the reply is longer than asked, or cut")
                 resets = self._decoder.resets
                 chunk = self._decoder.feed(data)
                 if self._decoder.resets != resets:  # the machine was reset: a fresh trace
                     self._events.clear()
                     self.lost, self.gaps = 0, []
                 self._events.add(chunk)
-            except (zlib.error, ValueError) as e:
+            except ValueError as e:
                 raise VmiError(f"the stub sent a bad raw trace: {e}") from None
             self._offset += len(data)
-            if len(data) < RAW_CHUNK:
+            if len(data) < rawpacket.PER_REPLY:
                 return True
 
     def _fetch_monitor(self, start: int) -> list[object]:

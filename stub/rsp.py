@@ -18,6 +18,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+# RSP's binary escaping lives in the core, beside vmigdb's own packet that uses it too.
+from vmigdb.rawpacket import escape_binary, unescape_binary  # noqa: F401 (re-exported)
+
 #: Largest packet we accept and advertise (qSupported PacketSize, in hex there!). gdb sizes its
 #: ``m``/``X``/``G`` packets to fit it.
 PACKET_SIZE = 0x4000
@@ -26,8 +29,6 @@ PACKET_SIZE = 0x4000
 MAX_RAW_PAYLOAD = 4 * PACKET_SIZE
 
 _HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
-#: Bytes a binary reply escapes, ``}`` first (see escape_binary).
-_ESCAPE_ORDER = (b"}", b"#", b"$", b"*")
 
 
 class RspError(ValueError):
@@ -57,24 +58,6 @@ def checksum(data: bytes) -> int:
 def frame(payload: bytes) -> bytes:
     """``$payload#xx``. The payload must already be escaped if it can contain ``$#}*``."""
     return b"$%s#%02x" % (payload, sum(payload) & 0xFF)
-
-
-def escape_binary(data: bytes) -> bytes:
-    """Escape ``$ # } *`` as ``}`` + (byte ^ 0x20), for binary replies such as qXfer. ``}``
-    first, so the escapes added after it stay as they are; bytes.replace keeps a 1 MB reply
-    (a trace chunk) in C."""
-    for byte in _ESCAPE_ORDER:
-        data = data.replace(byte, b"}" + bytes((byte[0] ^ 0x20,)))
-    return data
-
-
-def unescape_binary(data: bytes) -> bytes:
-    """The inverse of ``escape_binary`` for a reply gdb hands over as it came
-    (``send_packet``), which has no run-length encoding: every ``}`` starts an escape and never
-    ends one, so replacing each escape pair, the ``}`` one last, is exact and stays in C."""
-    for byte in reversed(_ESCAPE_ORDER):
-        data = data.replace(b"}" + bytes((byte[0] ^ 0x20,)), byte)
-    return data
 
 
 def unescape(raw: bytes) -> bytes:

@@ -17,7 +17,6 @@ because Unicorn cannot safely change hooks from inside one.
 from __future__ import annotations
 
 import json
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 from unicorn import x86_const as X
 
-from vmigdb import abi, rawtrace, rominfo
+from vmigdb import abi, rawpacket, rawtrace, rominfo
 from vmigdb import events as ev
 from vmigdb import trace as tr
 from vmigdb.errors import VmiError
@@ -436,24 +435,15 @@ class VmiTracer:
 
 #: Events per ``monitor vmi trace dump`` reply at most (~1.5 MB of JSON).
 DUMP_MAX = 10_000
-#: Raw log bytes per ``qvmigdb.raw`` reply at most.
-RAW_PER_REPLY = 1 << 20
-
-
 def queries(tracer: VmiTracer) -> dict[bytes, Callable[[bytes], bytes]]:
-    """vmigdb's own packet, arguments in hex, reply binary-escaped:
-    ``qvmigdb.raw:OFFSET,LEN`` -> ``BASE;`` + up to LEN raw log bytes from OFFSET, as one zlib
-    stream (BASE: the first offset still kept; above OFFSET means the reader lost bytes and
-    goes on with ``monitor vmi trace dump``). The fast path's fetch: gdb decodes the log itself,
-    so events never cross the wire as text, and the records compress 4:1, which costs less than
-    gdb reading them."""
+    """vmigdb's own packet (``vmigdb.rawpacket``): pieces of the raw log for gdb to decode."""
 
     def raw(args: bytes) -> bytes:
         offset, size = rsp.parse_addr_len(args.removeprefix(b":"))
-        base, data = tracer.raw(offset, min(size, RAW_PER_REPLY))
-        return b"%x;" % base + rsp.escape_binary(zlib.compress(data, 1))
+        base, data = tracer.raw(offset, min(size, rawpacket.PER_REPLY))
+        return rawpacket.reply(base, data)
 
-    return {b"qvmigdb.raw": raw}
+    return {rawpacket.NAME.encode(): raw}
 
 
 def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import re
-import zlib
 
 import pytest
 from conftest import Built
@@ -179,22 +178,26 @@ def test_bulk_decoding_equals_the_recorder_rules(built: Built, cmdline: str) -> 
 
 
 def test_trace_packets_answer_and_refuse(built: Built) -> None:
-    """qvmigdb.raw as the server calls it: bad arguments are RspError (the server answers
-    E01), a reader past the end gets an empty piece."""
+    """qvmigdb.raw as the server calls it and gdb reads it (one codec, vmigdb.rawpacket): bad
+    arguments are RspError (the server answers E01), a reader past the end gets an empty
+    piece, a reply never inflates past what was asked."""
+    from vmigdb import rawpacket
     from vmigdb.stub import rsp
     from vmigdb.stub.vmitrace import queries
 
     t, _ = _boot(built, "rom=copy")
-    q = queries(t)
+    q = queries(t)[rawpacket.NAME.encode()]
     _, raw = t.raw(0, 1 << 30)
-    reply = q[b"qvmigdb.raw"](b":0,100")
-    head, _, data = reply.partition(b";")
-    assert head == b"0" and zlib.decompress(rsp.unescape(data)) == raw[:0x100]
-    head, _, data = q[b"qvmigdb.raw"](b":%x,10" % (1 << 40)).partition(b";")
-    assert head == b"0" and zlib.decompress(rsp.unescape(data)) == b""
+    assert rawpacket.parse_reply(q(b":0,100"), 0x100) == (0, raw[:0x100])
+    assert rawpacket.parse_reply(q(b":%x,10" % (1 << 40)), 0x10) == (0, b"")
+    with pytest.raises(rawpacket.RawPacketError):  # more than asked for
+        rawpacket.parse_reply(q(b":0,100"), 0x80)
+    for junk in (b"", b"zz;", b"0;not zlib", b"0"):
+        with pytest.raises(rawpacket.RawPacketError):
+            rawpacket.parse_reply(junk, 100)
     for bad in (b":zz,1", b":1", b"", b":-1,4"):
         with pytest.raises(rsp.RspError):
-            q[b"qvmigdb.raw"](bad)
+            q(bad)
 
 
 def test_a_reader_that_falls_behind_learns_exactly_what_it_lost(built: Built) -> None:
