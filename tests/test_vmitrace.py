@@ -272,3 +272,22 @@ def test_a_dump_reply_stays_small(built: Built) -> None:
     table.dispatch(ctx, f"vmi trace dump {DUMP_MAX} 3")
     assert [json.loads(ln)["seq"] for ln in "".join(out).splitlines()[:3]] == [
         DUMP_MAX, DUMP_MAX + 1, DUMP_MAX + 2]
+
+
+def test_the_record_has_one_declaration() -> None:
+    """struct vmigdb_trace_record (stub/native/vm.h, which cffi compiles) and the numpy dtype
+    the decoders read (vmigdb.rawtrace.RECORD) agree field by field, flag by flag."""
+    from vmigdb import rawtrace
+    from vmigdb.stub.machine.native import ffi, lib
+
+    struct = ffi.typeof("struct vmigdb_trace_record")
+    assert rawtrace.RECORD.itemsize == ffi.sizeof(struct)
+    fields = dict(struct.fields)
+    assert list(fields) == list(rawtrace.RECORD.names)
+    for name in rawtrace.RECORD.names:
+        dtype, offset = rawtrace.RECORD.fields[name][:2]
+        assert (offset, dtype.itemsize) == (fields[name].offset,
+                                            ffi.sizeof(fields[name].type)), name
+    assert (lib.TRACE_MEM_OK, lib.TRACE_STACK_OK, lib.TRACE_RETURN) == (
+        rawtrace.MEM_OK, rawtrace.STACK_OK, rawtrace.RETURN)
+    assert (lib.TRACE_REGS, lib.TRACE_STACK_WORDS) == (len(rawtrace.REGS), rawtrace.STACK_WORDS)
