@@ -6,6 +6,9 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 BUILD  := build
 STAMP  := $(VENV)/.installed
+# What the ROM's rules need before they run $(VPY): the venv. `pip install .` builds the ROM and
+# the guest with the installing Python instead (setup.py: VPY=that python, IMAGE_NEEDS empty).
+IMAGE_NEEDS ?= | $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 
 GUEST_CFLAGS := -m32 -march=i686 -ffreestanding -nostdlib -fno-pic -fno-pie -fno-stack-protector \
@@ -40,12 +43,12 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@ $(VENV)/.native
 
-$(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h &: vmigdb/abi.py rom/__main__.py | $(STAMP)
+$(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h &: vmigdb/abi.py rom/__main__.py $(IMAGE_NEEDS)
 	$(VPY) -m vmigdb.rom header --asm $(BUILD)/vmi_abi.inc --c $(BUILD)/vmi_abi.h
 	touch $(BUILD)/vmi_abi.inc $(BUILD)/vmi_abi.h
 
 rom: $(BUILD)/vmi_rom.bin
-$(BUILD)/vmi_rom.bin: rom/vmi_rom.S rom/vmi_rom.ld $(BUILD)/vmi_abi.inc $(wildcard rom/*.py) | $(STAMP)
+$(BUILD)/vmi_rom.bin: rom/vmi_rom.S rom/vmi_rom.ld $(BUILD)/vmi_abi.inc $(wildcard rom/*.py) $(IMAGE_NEEDS)
 	$(VPY) -m vmigdb.rom build -o $@
 
 guest: $(BUILD)/guest.elf

@@ -1,10 +1,12 @@
-"""gdb loader for vmigdb: ``gdb -x path/to/vmigdb.py`` or ``source path/to/vmigdb.py``.
+"""gdb loader for vmigdb: ``gdb -x path/to/vmigdb.py`` or ``source path/to/vmigdb.py``; an
+installed vmigdb prints this file's path with ``vmigdb gdb-script``.
 
 gdb embeds its own Python, which is not the ``python3`` on PATH and has none of vmigdb's
-dependencies. This file finds an environment where vmigdb is installed (this checkout's
-``.venv``, then ``$VIRTUAL_ENV``), adds its site-packages only when its Python matches gdb's
-(the wheels are abi3/ctypes, but a different minor version's site-packages is not safe), and then
-registers the ``vmi`` commands once, however often it is sourced.
+dependencies. This file finds an environment where vmigdb is installed (the site-packages this
+copy was installed into, this checkout's ``.venv``, then ``$VIRTUAL_ENV``), adds its
+site-packages only when its Python matches gdb's (the wheels are abi3/ctypes, but a different
+minor version's site-packages is not safe), and then registers the ``vmi`` commands once, however
+often it is sourced.
 """
 
 import os
@@ -17,8 +19,19 @@ _HERE = os.path.dirname(os.path.realpath(__file__))
 _WANT = f"python{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _installed_env() -> str | None:
+    """The environment whose site-packages holds this copy (``pip install``: it lives in
+    ``ENV/lib/pythonX.Y/site-packages/vmigdb/share/``), or None in a checkout."""
+    parts = _HERE.split(os.sep)
+    for i in range(len(parts) - 1, 2, -1):
+        if parts[i] in ("site-packages", "dist-packages") and parts[i - 2] == "lib":
+            return os.sep.join(parts[:i - 2]) or os.sep
+    return None
+
+
 def _candidates() -> list[str]:
-    envs = [os.path.join(_HERE, ".venv")]
+    envs = [env for env in (_installed_env(),) if env]
+    envs.append(os.path.join(_HERE, ".venv"))
     if os.environ.get("VIRTUAL_ENV"):
         envs.append(os.environ["VIRTUAL_ENV"])
     return envs

@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.table import Table
 
 from vmigdb import targets
+from vmigdb.mi import GDB
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,9 +114,7 @@ def _timed(argv: list[str], sample: bool = False) -> Timed:
 def _workloads() -> list[Workload]:
     loads = [Workload("demo stress=50", GUEST, ["--cmdline", "stress=50"]),
              Workload("demo stress=200", GUEST, ["--cmdline", "stress=200"])]
-    from bench.linux import linux_dir  # the same Linux the Linux rows boot
-
-    d = linux_dir()
+    d = targets.linux_dir()
     vmlinux = ROOT / "build" / "linux" / "vmlinux-2.6.32.9-vmi"
     if d is not None:
         loads.append(Workload("Linux boot + workload", d / "bzImage-2.6.32.9-vmi",
@@ -136,7 +135,7 @@ def main() -> int:
             out = Path(d) / "trace.vmt"
             sym = ["--symbols", str(w.symbols)] if w.symbols else []
             if w.symbols:  # gdb's index cache: the first load of a vmlinux costs ~13 s once
-                _timed(["gdb", "-batch", "-nx", "-iex", "set index-cache enabled on", "-ex",
+                _timed([GDB, "-batch", "-nx", "-iex", "set index-cache enabled on", "-ex",
                         f"file {w.symbols}"])
             run = _timed([*VMIGDB, "run", str(w.guest), "--rom", str(ROM), *w.args])
             cap = _timed([*VMIGDB, "capture", str(w.guest), "--rom", str(ROM), "-o", str(out),

@@ -8,7 +8,8 @@ number is identical; timing is ``time.perf_counter`` around the gdb commands onl
 Variables: BENCH_ELF (guest with symbols), BENCH_PORT, BENCH_ENTRY (the guest's entry: QEMU
 starts in the BIOS, so a hardware breakpoint there comes first), BENCH_OUT, BENCH_TASK and its
 parameters BENCH_STEPS, BENCH_HITS, BENCH_BUDGET (seconds a counted loop may take before it
-stops early and reports how far it got; continue itself cannot be bounded here).
+stops early and reports how far it got; continue itself cannot be bounded here), BENCH_SYMBOLS
+(0: no ``file``, gdb knows only the target's description; default 1: the guest's symbols).
 
 Tasks:
 * ``stepi``: BENCH_STEPS x ``stepi`` from the entry -> steps, seconds, gdb's own CPU seconds;
@@ -89,8 +90,9 @@ def run(env: dict[str, str]) -> dict[str, object]:
     task = env["BENCH_TASK"]
     budget = float(env.get("BENCH_BUDGET", "60"))
     steps = int(env.get("BENCH_STEPS", "2000"))
+    symbols = env.get("BENCH_SYMBOLS", "1") != "0"
     for cmd in ("set pagination off", "set confirm off", "set height 0",
-                f"file {env['BENCH_ELF']}"):
+                f"file {env['BENCH_ELF']}" if symbols else "set architecture i386"):
         gdb.execute(cmd, to_string=True)
     gdb.execute(f"target remote 127.0.0.1:{env['BENCH_PORT']}", to_string=True)
     _to_entry(int(env["BENCH_ENTRY"], 0))

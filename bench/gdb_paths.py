@@ -29,13 +29,13 @@ from typing import Any
 from rich.table import Table
 
 from vmigdb import targets
+from vmigdb.mi import GDB
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "build" / "guest.elf"
 ROM = ROOT / "build" / "vmi_rom.bin"
 LOADER = ROOT / "vmigdb.py"
-GDB = "gdb"
 REPEAT = 3
 FAST_REPEAT = 7  # the untraced and fast-path runs take well under a second: more of them
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from vmigdb.targets import DEBUG_EXIT, QEMU, qemu_linux_argv
+from vmigdb.targets import DEBUG_EXIT, QEMU, linux_dir, qemu_linux_argv
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,10 +41,6 @@ EVENTS = 100_000
 SPIN = 20_000_000
 
 
-def linux_dir() -> Path | None:
-    env = os.environ.get("VMIGDB_LINUX_DIR")
-    d = Path(env) if env else ROOT.parent / "shared" / "linux"
-    return d if (d / "bzImage-2.6.32.9-vmi").is_file() else None
 
 
 def _timed(argv: list[str], timeout: float = 600) -> tuple[float, int, bytes]:

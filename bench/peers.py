@@ -19,12 +19,13 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmigdb import targets
 from vmigdb.errors import VmiError
+from vmigdb.mi import GDB
 from vmigdb.targets import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,15 +103,16 @@ def start_udbserver(guest: Path, rom: Path, cmdline: str, tmp: Path) -> Target:
 
 
 def gdb_task(target: Target, task: str, guest: Path, entry: int, tmp: Path, *,
-             timeout: float, **params: object) -> dict[str, object]:
-    """Run bench/gdb_bench.py against ``target``; its JSON result, or PeerFailed."""
+             timeout: float, prefix: Sequence[str] = (), **params: object) -> dict[str, object]:
+    """Run bench/gdb_bench.py against ``target`` (gdb started under ``prefix``, e.g. taskset);
+    its JSON result, or PeerFailed."""
     out = tmp / f"{target.kind}-{task}.json"
     out.unlink(missing_ok=True)
     env = {**os.environ, "BENCH_TASK": task, "BENCH_PORT": str(target.port),
            "BENCH_ELF": str(guest), "BENCH_ENTRY": hex(entry), "BENCH_OUT": str(out)}
     env.update({f"BENCH_{k.upper()}": str(v) for k, v in params.items()})
     try:
-        r = subprocess.run(["gdb", "-batch", "-nx", "-x", str(GDB_SCRIPT)], env=env,
+        r = subprocess.run([*prefix, GDB, "-batch", "-nx", "-x", str(GDB_SCRIPT)], env=env,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

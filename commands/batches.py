@@ -6,12 +6,18 @@ import os
 
 import gdb
 from rich.console import Console, Group
+from rich.text import Text
 
-from vmigdb import batches
-from vmigdb.commands.trace import events_or_fail
-from vmigdb.commands.vmi import ArgParser, guarded, write
+from vmigdb import batches, context
+from vmigdb.commands.trace import call_context, events_or_fail, name, source_or_fail
+from vmigdb.commands.vmi import ArgParser, complete_options, guarded, write
 from vmigdb.errors import VmiError
-from vmigdb.views.batches import render_batch, render_histogram, render_timeline
+from vmigdb.views.batches import (
+    render_batch,
+    render_histogram,
+    render_sections,
+    render_timeline,
+)
 
 
 def export(renderable: object, *, svg: str | None, html: str | None, title: str) -> list[str]:
@@ -38,31 +44,64 @@ def export(renderable: object, *, svg: str | None, html: str | None, title: str)
 class VmiBatches(gdb.Command):
     """Show the lazy-MMU batches the ROM flushed: timeline, totals, size histogram.
 
-Usage: vmi batches [--chart] [--svg FILE] [--html FILE]
+Usage: vmi batches [--chart] [--sections] [--task NAME|PID] [--svg FILE] [--html FILE]
 
 From the trace (vmi trace start first): each flush of the ROM's PTE queue with its number of
 updates, the virtual-address span, why it flushed, how it invalidated the TLB and the exits it
-saved (an unbatched ROM exits once per update: a batch of n saves n - 1). --chart adds a
-histogram of batch sizes; --svg/--html save the view.
+saved (an unbatched ROM exits once per update: a batch of n saves n - 1). On Linux (vmlinux
+loaded before `vmi trace start`) each batch also names its cause: the task and the kernel path
+that entered lazy MMU mode (the SetLazyMode call's callers, past Linux's vmi_* glue; the stub
+sees two frames, the portable path reads the frame-pointer chain), and the PTE writes the ROM
+made at once while the batch was open beside the updates it deferred. A ROM called in place
+(Linux's case: its state is read-only) does not batch; then, and with --sections, the view is
+the guest's own lazy-MMU sections, from SetLazyMode(MMU) to leaving it: who entered each, the
+updates it let the ROM defer (VMI_PAGE_DEFER) and those it needed at once, and what flushed it.
+--task keeps the sections of one task. --chart adds a histogram of batch sizes; --svg/--html
+save the view.
 Example: vmi batches --chart --svg batches.svg"""
 
     def __init__(self) -> None:
         super().__init__("vmi batches", gdb.COMMAND_DATA)
         self.parser = ArgParser(prog="vmi batches", add_help=False)
         self.parser.add_argument("--chart", action="store_true", help="histogram of sizes")
+        self.parser.add_argument("--sections", action="store_true",
+                                 help="the guest's lazy-MMU sections")
+        self.parser.add_argument("--task", help="only this task's sections (pid or comm)")
         self.parser.add_argument("--svg", help="save the view as SVG")
         self.parser.add_argument("--html", help="save the view as HTML")
+
+    def complete(self, text: str, word: str) -> object:
+        return complete_options(self.parser, text, word, files=("--svg", "--html"))
 
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:
         args = self.parser.parse_args(gdb.string_to_argv(arg))
         events = events_or_fail()
         found = batches.group(events)
-        if not found:
-            raise VmiError("no batch flushes in the trace (in-place ROMs do not batch: their "
-                           "state is read-only)")
+        have = call_context(source_or_fail())
+        label = have[1].label if have else None
+        if args.sections or args.task or not found:
+            sections = context.lazy_sections(events, have[0] if have else None, name)
+            if args.task:
+                if have is None or not have[1].matching(args.task):
+                    raise VmiError(f"no task {args.task!r} in the trace (pid or comm)")
+                tasks = have[1].matching(args.task)
+                sections = [sec for sec in sections if sec.task in tasks]
+            if not sections:
+                raise VmiError("no batch flushes and no lazy-MMU sections in the trace")
+            note = ("" if found else "the ROM did not batch (a ROM called in place has "
+                    "read-only state): the guest's lazy-MMU sections, each what a batching "
+                    "ROM would have flushed as one batch")
+            view = Group(*([Text(note)] if note else []),
+                         render_sections(sections, task_label=label))
+            write(view)
+            for path in export(view, svg=args.svg, html=args.html,
+                               title="vmigdb: lazy-MMU sections"):
+                gdb.write(f"vmi batches: saved {path}\n")
+            return
         stats = batches.statistics(found, events)
-        parts = [render_timeline(found, stats)]
+        causes = context.batch_causes(events, have[0], name) if have else None
+        parts = [render_timeline(found, stats, causes=causes, task_label=label)]
         if args.chart:
             parts.append(render_histogram(found))
         view = Group(*parts)
@@ -87,6 +126,9 @@ Example: vmi batch 3"""
         self.parser.add_argument("n", help="batch number")
         self.parser.add_argument("--svg", help="save the view as SVG")
         self.parser.add_argument("--html", help="save the view as HTML")
+
+    def complete(self, text: str, word: str) -> object:
+        return complete_options(self.parser, text, word, files=("--svg", "--html"))
 
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:

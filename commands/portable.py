@@ -11,21 +11,45 @@ A ROM the guest copies to RAM is found when the guest stores its address: an int
 watchpoint on the guest's ROM pointer (``vmi.base``, Linux's ``vmi_rom``) hooks the copy before
 vmi_init runs. gdb's testsuite creates breakpoints from ``stop()`` the same way; none is ever
 deleted there.
+
+Started before the guest can reach its ROM (QEMU at reset: real mode, SeaBIOS has not placed the
+option ROM yet), the tracer arms itself: one internal breakpoint where the ROM is there to find,
+the kernel's own ``vmi_init`` (before Linux scans for the ROM) or the guest ELF's entry (the
+demo guest), does what ``start`` would have done, so a whole boot can be traced.
+
+On Linux each call also gets its context (``vmigdb.context``): the current task, read as the
+kernel reads it, named by pid and comm when it changes; the caller's frame (``[EBP + 4]``); the
+interrupt state; and, at SetLazyMode, the frame-pointer chain for the batch it opens.
+
+Ctrl-C: QEMU drops the Ctrl-C byte gdb sends while it is stopped, and during a traced continue
+it is stopped at a breakpoint most of the time, so gdb's own Ctrl-C was lost (gdb had consumed
+the SIGINT: its remote layer sends the byte and forgets it). While a traced continue runs,
+``_CtrlC`` takes SIGINT from gdb's main thread (blocked there, waited for in a thread): it asks
+gdb to interrupt the target (``interrupt``, for a guest that makes no ROM call) and the next
+hit's ``stop()`` returns True, so the continue stops within a hit either way.
 """
 
 from __future__ import annotations
 
+import signal
+import struct
+import threading
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 import gdb
 
-from vmigdb import abi
+from vmigdb import abi, context, elf
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall
-from vmigdb.commands import romcode, target
-from vmigdb.errors import RomError
+from vmigdb.commands import linuxctx, romcode, target
+from vmigdb.errors import GuestImageError, RomError, VmiError
 from vmigdb.recorder import Recorder
+
+#: Frames of the frame-pointer chain read at a SetLazyMode call (the path that opened a batch).
+PATH_FRAMES = 8
+_STACK = struct.Struct("<6I")
 
 
 def _reg(frame: gdb.Frame):
@@ -62,6 +86,78 @@ class _RomWatch(gdb.Breakpoint):
         return self.tracer.dispatch_watch(self)
 
 
+class _Arm(gdb.Breakpoint):
+    """Where the ROM can first be found (Linux's vmi_init, the guest's entry): hooks it."""
+
+    def __init__(self, tracer: PortableTracer, addr: int, what: str) -> None:
+        super().__init__(f"*{addr:#x}", gdb.BP_BREAKPOINT, internal=True)
+        self.silent = True
+        self.tracer = tracer
+        self.addr = addr
+        self.what = what
+
+    def stop(self) -> bool:
+        return self.tracer.dispatch_arm(self)
+
+
+class _CtrlC:
+    """SIGINT during a traced continue (see the module docstring). Armed on every resume while
+    the portable tracer records, disarmed at the stop: only then is SIGINT blocked in gdb's main
+    thread, so gdb's prompt and untraced runs handle Ctrl-C as always."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._lock = threading.Lock()
+
+    @property
+    def armed(self) -> bool:
+        return self._thread is not None
+
+    def arm(self) -> None:
+        if self._thread is not None or threading.current_thread() is not threading.main_thread():
+            return
+        self.requested = False
+        self._closing = False
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        self._thread = threading.Thread(target=self._wait, name="vmigdb-trace-ctrl-c",
+                                        daemon=True)
+        self._thread.start()
+
+    def disarm(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        with self._lock:
+            self._closing = True
+        signal.pthread_kill(thread.ident, signal.SIGINT)  # wakes its sigwait
+        thread.join(5)
+        self._thread = None
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def _wait(self) -> None:
+        while True:
+            signal.sigwait({signal.SIGINT})
+            with self._lock:
+                if self._closing:
+                    return
+                self.requested = True
+            gdb.post_event(_interrupt_target)
+
+
+def _interrupt_target() -> None:
+    """In gdb's main thread: stop a target that runs (one that is stopped at a hit is stopped
+    by that hit's stop(), which sees the request)."""
+    try:
+        gdb.execute("interrupt", to_string=True)
+    except gdb.error:
+        pass
+
+
+_ctrl_c = _CtrlC()
+
+
 class PortableTracer:
     """Trace source backed by gdb breakpoints (see the module docstring)."""
 
@@ -79,7 +175,14 @@ class PortableTracer:
         self._hooks: list[_Hook] = []
         self._return_hooks: dict[int, _Hook] = {}
         self._watch: _RomWatch | None = None
+        self._arm: _Arm | None = None
         self._inferior: gdb.Inferior | None = None
+        #: The Linux context of each call (vmigdb.context), and the tasks' names.
+        self.context = context.CallContext()
+        self.tasks = context.TaskNames()
+        self._tasks: linuxctx.TaskReader | None = None
+        self._last_task = 0
+        self.interrupted = 0  # continues Ctrl-C stopped
 
     # --- control ----------------------------------------------------------------------------
     def start(self, rom_addr: int | None = None, calls: Iterable[VmiCall] | None = None,
@@ -90,16 +193,38 @@ class PortableTracer:
         self.calls = set(calls) if calls is not None else None
         self.returns = returns
         self._inferior = target.require_target()
+        lay = linuxctx.layout()
+        self._tasks = linuxctx.TaskReader(lay, self._read) if lay is not None else None
+        self._last_task = 0
         notes: list[str] = []
+        if lay is not None:
+            notes.append("each call carries its task (the kernel's current_task, named by pid "
+                         "and comm) and its caller's frame")
         try:
             roms = target.locate_roms(rom_addr)
         except RomError:
             raise
         except Exception as e:  # no ROM yet: a guest pointer may still name one later
             roms = []
-            if rom_addr is not None or target.guest_rom_pointer_expr() is None:
+            if rom_addr is not None:
                 raise
+            arm = _arm_location()
+            if arm is None and target.guest_rom_pointer_expr() is None:
+                raise
+            if arm is not None:
+                self._arm = _Arm(self, *arm)
+                self.enabled = True
+                notes.append(f"no ROM to hook yet ({e}); armed at {arm[1]} ({arm[0]:#x}): "
+                             "recording starts there, when the guest can reach its ROM")
+                return notes
             notes.append(f"({e})")
+        self._hook_found(roms, rom_addr, notes)
+        self.enabled = True
+        return notes
+
+    def _hook_found(self, roms: list[target.LocatedRom], rom_addr: int | None,
+                    notes: list[str]) -> None:
+        """Hook the ROMs found, and watch the guest's pointer for a copy to come."""
         for rom in roms:
             self.hook(rom)
             notes.append(f"hooked the ROM at {rom.address:#x}: {rom.how}")
@@ -118,12 +243,10 @@ class PortableTracer:
                              "later is not traced (use `vmi trace start --rom ADDR`)")
             else:
                 notes.append(f"watching {expr}: a ROM the guest copies is hooked when set")
-        self.enabled = True
-        return notes
 
     def stop(self) -> None:
         failed = []
-        for h in [*self._hooks, *self._return_hooks.values(), self._watch]:
+        for h in [*self._hooks, *self._return_hooks.values(), self._watch, self._arm]:
             if h is not None and h.is_valid():
                 try:
                     h.delete()
@@ -132,14 +255,17 @@ class PortableTracer:
         self._hooks.clear()
         self._return_hooks.clear()
         self._watch = None
+        self._arm = None
         self.rom_bases.clear()
         self.recorder.pending.clear()
         self.enabled = False
+        _ctrl_c.disarm()
         if failed and _debugging():
             gdb.write(f"vmi trace: {len(failed)} breakpoints not removed: {failed[0]}\n")
 
     def clear(self) -> None:
         self.recorder.clear()
+        self.context.clear()
 
     def events(self) -> list[tr.Event]:
         return self.recorder.events
@@ -158,6 +284,11 @@ class PortableTracer:
             "errors": self.errors,
             "last_error": self.last_error,
             "watching": self._watch.expr if self._watch is not None else None,
+            "armed_at": (f"{self._arm.what} ({self._arm.addr:#x})"
+                         if self._arm is not None and self._arm.enabled else None),
+            "tasks": "current_task (per cpu)" if self._tasks is not None else "unknown",
+            "tasks_named": len(self.tasks),
+            "interrupted_by_ctrl_c": self.interrupted,
         }
 
     # --- hooking (also called from stop(): creates breakpoints, never deletes) ----------------
@@ -190,6 +321,11 @@ class PortableTracer:
                 self._handle(hook)
         except Exception as e:  # noqa: BLE001 - a stop() must not raise: gdb would stop
             self._failed(e)
+        if _ctrl_c.requested:  # Ctrl-C during this continue: stop here, this hit recorded
+            _ctrl_c.requested = False
+            self.interrupted += 1
+            gdb.write("vmi trace: Ctrl-C: the traced continue stops here (the trace is kept)\n")
+            return True
         return False
 
     def _handle(self, hook: _Hook) -> None:
@@ -201,6 +337,18 @@ class PortableTracer:
             self._on_flush()
         elif hook.kind == "init":
             self._on_init()
+
+    def dispatch_arm(self, arm: _Arm) -> bool:
+        """The guest reached where its ROM can be found: hook it as ``start`` would have."""
+        if not arm.enabled or not self.enabled:
+            return False
+        arm.enabled = False  # (deleted by stop(); a stop() callback must not delete it)
+        try:
+            notes: list[str] = []
+            self._hook_found(target.locate_roms(), None, notes)
+        except Exception as e:  # noqa: BLE001 - still nothing: say so, do not stop the guest
+            self._failed(VmiError(f"armed at {arm.what}, but no ROM there: {e}"))
+        return False
 
     def dispatch_watch(self, watch: _RomWatch) -> bool:
         try:
@@ -228,9 +376,52 @@ class PortableTracer:
         reg = _reg(frame)
         esp = reg("esp")
         stack = self._read(esp, 24)
+        seq = self.recorder.seq
         ret = self.recorder.call(hook.handler, hook.addr, reg, esp, stack, self._read)
+        self._context(seq, hook.handler.call, esp, reg("ebp"), _STACK.unpack(stack))
         if ret is not None and self.returns and ret not in self._return_hooks:
             self._return_hooks[ret] = _Hook(self, ret, None, "return")
+
+    def _context(self, seq: int, call: VmiCall, esp: int, ebp: int,
+                 stack: tuple[int, ...]) -> None:
+        """The call's Linux context (``vmigdb.context``): task, frame, interrupt state."""
+        frame = context.frame_word(esp, ebp, stack)
+        if not frame and ebp:
+            try:
+                frame = _STACK.unpack_from(self._read(ebp + 4, 4) + bytes(20))[0]
+            except OSError:
+                frame = 0
+        flags = context.IRET_KERNEL if context.iret_to_kernel(int(call), stack) else 0
+        task = 0
+        reader = self._tasks
+        if reader is not None:
+            task = reader.task()
+            if task and task != self._last_task:
+                named = reader.name(task)
+                if named is not None:
+                    self.tasks.add(task, *named, from_seq=seq)
+            self._last_task = task
+            irq = reader.in_irq()
+            if irq is not None:
+                flags |= context.IRQ_KNOWN | (context.IRQ if irq else 0)
+            if call == VmiCall.SetLazyMode:
+                self.context.paths[seq] = self._frame_chain(stack[0], ebp)
+        self.context.append(seq, int(call), task, stack[0], frame, esp, 0, flags)
+
+    def _frame_chain(self, ret: int, ebp: int) -> tuple[int, ...]:
+        """Return addresses up the frame-pointer chain from a call, innermost first."""
+        out = [ret]
+        for _ in range(PATH_FRAMES):
+            if not ebp:
+                break
+            try:
+                ebp, up = struct.unpack("<II", self._read(ebp, 8))
+            except OSError:
+                break
+            if not up:
+                break
+            out.append(up)
+        return tuple(out)
 
     def _on_return(self) -> None:
         if not self.recorder.pending:
@@ -247,6 +438,44 @@ class PortableTracer:
         event = self.recorder.rom_init(eax)
         if event.base not in self.rom_bases:
             self.hook(target.read_rom_at(event.base, "announced by vmi_init"))
+
+
+def _arm_location() -> tuple[int, str] | None:
+    """Where to arm a tracer started before the ROM can be found: Linux's own ``vmi_init``
+    (it runs before the kernel scans for the ROM, with the ROM already in place), else the
+    entry of the ELF file gdb has (the demo guest finds its ROM from there)."""
+    sym = gdb.lookup_global_symbol("vmi_init")
+    if sym is not None and sym.type is not None and \
+            sym.type.code == gdb.TYPE_CODE_FUNC:
+        return int(sym.value().address) & 0xFFFFFFFF, "the kernel's vmi_init"
+    path = gdb.current_progspace().filename
+    if path:
+        try:
+            return elf.entry(Path(path)), "the guest's entry point"
+        except (GuestImageError, OSError):
+            return None
+    return None
+
+
+def _on_cont(event: object) -> None:
+    """Each resume while a portable trace records: Ctrl-C is ours until the stop."""
+    from vmigdb.commands import tracesource
+
+    src = tracesource.for_connection()
+    if isinstance(src, PortableTracer) and src.enabled:
+        _ctrl_c.arm()
+
+
+def _on_stop(event: object) -> None:
+    _ctrl_c.disarm()
+
+
+def connect_events() -> None:
+    gdb.events.cont.connect(_on_cont)
+    gdb.events.stop.connect(_on_stop)
+    gdb.events.exited.connect(_on_stop)
+    if hasattr(gdb.events, "connection_removed"):
+        gdb.events.connection_removed.connect(_on_stop)
 
 
 def _debugging() -> bool:

@@ -6,7 +6,7 @@ import gdb
 
 from vmigdb import pagetable
 from vmigdb.commands import target
-from vmigdb.commands.vmi import ArgParser, guarded, write
+from vmigdb.commands.vmi import ArgParser, complete_options, guarded, write
 from vmigdb.errors import VmiError
 from vmigdb.views.pte import render_walk, walk_levels
 
@@ -21,6 +21,7 @@ directory). Tables are read physically: with QEMU's Qqemu.PhyMemMode packet wher
 has it (QEMU, vmigdb's stub), else through the guest's identity map (paging off) or its linear
 map of low memory at PAGE_OFFSET. Shows each level's entry address, value and flags, and the
 physical address VA maps to.
+VA is any gdb expression (a function name means its address).
 Example: vmi pte 0xc00c0000        vmi pte $pc        vmi pte 0x3ffc0000 --cr3 0x10c000"""
 
     def __init__(self) -> None:
@@ -31,6 +32,9 @@ Example: vmi pte 0xc00c0000        vmi pte $pc        vmi pte 0x3ffc0000 --cr3 0
         g = self.parser.add_mutually_exclusive_group()
         g.add_argument("--pae", action="store_true", default=None, help="PAE tables")
         g.add_argument("--no-pae", dest="pae", action="store_false", help="2-level tables")
+
+    def complete(self, text: str, word: str) -> object:
+        return complete_options(self.parser, text, word, expression=True)
 
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:

@@ -6,9 +6,9 @@ import gdb
 from rich.console import Group
 from rich.text import Text
 
-from vmigdb import abi
+from vmigdb import abi, romsyms
 from vmigdb.commands import romcode, target
-from vmigdb.commands.vmi import ArgParser, guarded, write
+from vmigdb.commands.vmi import ArgParser, complete_options, guarded, write
 from vmigdb.views.rom import render_rom
 from vmigdb.views.sites import render_locations, render_rom_entries
 
@@ -31,8 +31,10 @@ Without ADDR, scans 0xc0000-0xe0000 in 2 KiB steps as Linux does, through the gu
 linear map (PAGE_OFFSET + phys when paging is on) and at the physical address, and follows the
 guest's own ROM pointer (Linux's vmi_rom, the demo guest's vmi.base) to a copy in RAM. ADDR
 (any gdb expression) shows the ROM at that linear address instead.
-Shows the header, API and ROM versions, licence, PCI IDs, and each implemented call's entry,
-relocation, first instructions (capstone) and the native instruction it stands for.
+Shows the header, API and ROM versions, licence, PCI IDs, and each implemented call's entry
+with its symbol (vmi_<Call>: `vmi symbols` loads them, then `break vmi_SetPxE`), relocation,
+first instructions (capstone) and the native instruction it stands for. --insns N (N >= 1)
+shows N instructions of each body.
 Example: vmi rom        vmi rom 0xc00c0000        vmi rom vmi.base --insns 8"""
 
     def __init__(self) -> None:
@@ -42,10 +44,14 @@ Example: vmi rom        vmi rom 0xc00c0000        vmi rom vmi.base --insns 8"""
         self.parser.add_argument("--insns", type=int, default=4,
                                  help="instructions of each entry body to show")
 
+    def complete(self, text: str, word: str) -> object:
+        return complete_options(self.parser, text, word, expression=True)
+
     @guarded
     def invoke(self, arg: str, from_tty: bool) -> None:
         args = self.parser.parse_args(gdb.string_to_argv(arg))
-        addr = self.parser.number(args.addr) if args.addr else None
+        self.parser.count(args.insns, "--insns")
+        addr = self.parser.number(args.addr) & 0xFFFFFFFF if args.addr else None
         target.require_target()
         roms = target.locate_roms(addr)
         rom = roms[0]
@@ -65,7 +71,8 @@ Example: vmi rom        vmi rom 0xc00c0000        vmi rom vmi.base --insns 8"""
                  header]
         if rom.info.call_table:
             parts.append(render_rom_entries(rom.address, rom.info, rom.image,
-                                            max_insns=args.insns))
+                                            max_insns=args.insns,
+                                            symbols=romsyms.entry_symbol))
         else:
             parts.append(Text("no vmigdb call table: entries are known only by calling "
                               "get_reloc"))

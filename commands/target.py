@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import gdb
 
-from vmigdb import abi, rominfo, x86
+from vmigdb import abi, pvops, rominfo, x86
 from vmigdb.abi import VmiCall
 from vmigdb.errors import RomError, VmiError
 
@@ -24,6 +24,14 @@ PAGE_OFFSET = 0xC0000000
 #: Guest variables that hold the ROM's linear address once the guest has chosen it: Linux's
 #: ``vmi_rom`` (arch/x86/kernel/vmi_32.c) and the demo guest's ``vmi.base`` (a RAM copy).
 GUEST_ROM_POINTERS = ("vmi_rom", "vmi.base")
+#: How gdb words a remote target that went away (the stub was killed, the socket closed).
+GONE = ("Remote connection closed", "Remote communication error", "Target disconnected",
+        "not being run", "No registers")
+
+
+def gone(e: gdb.error) -> bool:
+    """Whether ``e`` says the target went away (not that one request failed)."""
+    return any(m in str(e) for m in GONE)
 
 
 
@@ -104,6 +112,55 @@ def lookup_address(expr: str) -> int | None:
         return int(gdb.parse_and_eval(expr)) & 0xFFFFFFFF
     except (gdb.error, RuntimeError, TypeError, ValueError):
         return None
+
+
+# --- the guest's types ----------------------------------------------------------------------------
+
+_template_cache: dict[str, tuple[pvops.Member, ...] | None] = {}
+
+
+def _members(t: gdb.Type) -> tuple[pvops.Member, ...]:
+    out = []
+    for f in t.strip_typedefs().fields():
+        if f.name is None or getattr(f, "bitpos", None) is None:
+            continue
+        ft = f.type.strip_typedefs()
+        kids = _members(ft) if ft.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION) else ()
+        out.append(pvops.Member(f.name, f.bitpos // 8, ft.sizeof, kids))
+    return tuple(out)
+
+
+def template() -> tuple[pvops.Member, ...] | None:
+    """The members of the guest's ``struct paravirt_patch_template``, read from its debug info
+    through gdb's types, or None when the loaded symbols have no such type. Cached until gdb
+    loads other symbol files."""
+    key = ",".join(o.filename or "" for o in gdb.objfiles())
+    if key not in _template_cache:
+        try:
+            t = gdb.lookup_type(f"struct {pvops.TEMPLATE}")
+        except gdb.error:
+            _template_cache[key] = None
+        else:
+            _template_cache[key] = _members(t)
+    return _template_cache[key]
+
+
+def pointer_size() -> int:
+    return gdb.lookup_type("void").pointer().sizeof
+
+
+def slot_layout() -> dict[int, str]:
+    """slot -> pv-op name from the guest's own types ({} when it has none)."""
+    members = template()
+    return pvops.slot_layout(members, pointer_size()) if members else {}
+
+
+def require_template() -> tuple[pvops.Member, ...]:
+    members = template()
+    if not members:
+        raise VmiError(f"no struct {pvops.TEMPLATE} in the loaded symbols: load the guest's "
+                       "kernel with its debug info (`file vmlinux`)")
+    return members
 
 
 # --- physical memory -----------------------------------------------------------------------------

@@ -17,12 +17,13 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import gdb
+import numpy as np
 
+from vmigdb import context, rawpacket
 from vmigdb import events as ev
-from vmigdb import rawpacket
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall
-from vmigdb.commands import target
+from vmigdb.commands import linuxctx, portable, target
 from vmigdb.commands.portable import PortableTracer
 from vmigdb.errors import VmiError
 from vmigdb.rawtrace import RawDecoder
@@ -79,6 +80,13 @@ class StubSource:
         self.lost = 0
         self.gaps: list[tuple[int, int]] = []
         self._next_seq = 0  # where the stub's decoded events go on from, once the log is lost
+        #: Each call's Linux context (vmigdb.context), read from the same raw log; the tasks'
+        #: names from its task items. Calls whose context could not be read are counted.
+        self.context = context.CallContext()
+        self.tasks = context.TaskNames()
+        self._raw_calls = context.RawCalls()
+        self.context_lost = 0
+        self.task_layout: linuxctx.Layout | None = None
 
     def _alive(self) -> bool:
         """False once the connection closed; then the cached events are all there is."""
@@ -95,10 +103,18 @@ class StubSource:
         if rom_addr is not None or calls is not None or not returns:
             raise VmiError("the stub traces every call with its return; --rom, --calls and "
                            "--no-returns apply to the portable path (add --portable)")
+        notes = []
+        lay = linuxctx.layout()
+        if lay is not None:  # the stub's hook reads the current task as the kernel does
+            _monitor(f"vmi trace task {lay.monitor_args()}")
+            self.task_layout = lay
+            notes.append("each call carries its task (the kernel's current_task, named by pid "
+                         "and comm)")
         st = _json_object(_monitor("vmi trace start")) or {}
         where = st.get("rom_base")
         rom = f"ROM at {where:#x}" if isinstance(where, int) else "ROM not initialised yet"
-        return [f"the stub records in the machine ({rom}; {st.get('events', 0)} events kept)"]
+        return [f"the stub records in the machine ({rom}; {st.get('events', 0)} events kept)",
+                *notes]
 
     def stop(self) -> None:
         if self._alive():
@@ -109,6 +125,7 @@ class StubSource:
             self.events()  # decode to the end first: the stub drops the log it had
             _monitor("vmi trace clear")
         self._events.clear()
+        self.context.clear()
 
     def status(self) -> dict[str, object]:
         if not self._alive():
@@ -117,7 +134,10 @@ class StubSource:
         if isinstance(st.get("rom_base"), int):
             st["rom_base"] = f"{st['rom_base']:#x}"
         return {"source": self.kind, **st, "fetched": len(self._events),
-                "lost_before_read": self.lost, "kept_dropped": self._events.dropped}
+                "lost_before_read": self.lost, "kept_dropped": self._events.dropped,
+                "tasks": ("current_task (per cpu)" if self.task_layout is not None
+                          else "unknown"),
+                "tasks_named": len(self.tasks), "calls_without_context": self.context_lost}
 
     def events(self) -> ev.EventList:
         if not self._alive():
@@ -175,15 +195,31 @@ class StubSource:
             try:
                 resets = self._decoder.resets
                 chunk = self._decoder.feed(data)
+                calls, _reset = self._raw_calls.feed(data)
                 if self._decoder.resets != resets:  # the machine was reset: a fresh trace
                     self._events.clear()
                     self.lost, self.gaps = 0, []
+                    self.context.clear()
+                    self.tasks.clear()
                 self._events.add(chunk)
+                self._add_context(chunk, calls)
             except ValueError as e:
                 raise VmiError(f"the stub sent a bad raw trace: {e}") from None
             self._offset += len(data)
             if len(data) < rawpacket.PER_REPLY:
                 return True
+
+    def _add_context(self, chunk: ev.Chunk, calls: np.ndarray) -> None:
+        """The context of a decoded piece's calls, and the tasks its log named."""
+        rows = context.pair_with_calls(calls, chunk)
+        if rows is None:
+            self.context_lost += int(np.count_nonzero(chunk["kind"] == ev.Kind.CALL))
+        else:
+            self.context.add(rows)
+        first = int(chunk["seq"][0]) if len(chunk) else self._decoder.state.seq
+        for task, (pid, comm) in self._decoder.take_tasks().items():
+            seen = np.flatnonzero(rows["task"] == task) if rows is not None else ()
+            self.tasks.add(task, pid, comm, int(rows["seq"][seen[0]]) if len(seen) else first)
 
     def _fetch_monitor(self, start: int) -> list[object]:
         text = _monitor(f"vmi trace dump {start} {DUMP_CHUNK}")
@@ -195,8 +231,8 @@ class StubSource:
         return [d for d in got if not (isinstance(d, dict) and d.get("type") == "more")]
 
 
-def is_stub() -> bool:
-    """True when the target answers ``monitor vmi trace status`` with JSON (vmigdb's stub).
+def _stub_status() -> dict[str, object] | None:
+    """The stub tracer's status, or None when the target is not vmigdb's stub.
 
     A target without ``monitor`` is not the stub; one that went away while asked is gone
     (TargetGone), not a reason to fall back to the portable path."""
@@ -204,12 +240,25 @@ def is_stub() -> bool:
         st = _json_object(_monitor("vmi trace status"))
     except gdb.error:
         target.require_target()
-        return False
-    return st is not None and "enabled" in st
+        return None
+    return st if st is not None and "enabled" in st else None
+
+
+def is_stub() -> bool:
+    """True when the target answers ``monitor vmi trace status`` with JSON (vmigdb's stub)."""
+    return _stub_status() is not None
 
 
 _sources: dict[int, TraceSource] = {}
 _last: TraceSource | None = None
+#: Connections known not to be vmigdb's stub (asked once).
+_not_stub: set[int] = set()
+
+
+def for_connection() -> TraceSource | None:
+    """This connection's source if it has one (no questions to the target)."""
+    key = _connection()
+    return _sources.get(key) if key else None
 
 
 def _connection() -> int:
@@ -218,13 +267,29 @@ def _connection() -> int:
 
 
 def current(*, create: bool = True, portable: bool = False) -> TraceSource | None:
-    """This connection's source (created on first use), else the last one (a closed target)."""
+    """This connection's source (created on first use), else the last one (a closed target).
+
+    vmigdb's stub keeps its trace across gdb connections, so a gdb that connects (again) to a
+    stub whose tracer records or holds events takes that trace up even without ``create``:
+    ``vmi trace status`` and the views then tell what the stub has, not what an earlier
+    connection had fetched."""
     global _last
     key = _connection()
     src = _sources.get(key) if key else None
     if src is not None and not (portable and src.kind != "portable"):
         _last = src
         return src
+    if key and not create and not portable and key not in _not_stub:
+        try:
+            st = _json_object(_monitor("vmi trace status"))
+        except gdb.error as e:  # running (MI async) or no monitor: ask another time
+            if target.gone(e):
+                raise
+            st = {}
+        if st is None or (st and "enabled" not in st):
+            _not_stub.add(key)
+        elif st and (st.get("enabled") or st.get("events") or st.get("calls")):
+            create = True
     if not key or not create:
         return _last
     old = _sources.pop(key, None)
@@ -250,3 +315,4 @@ def _on_connection_removed(event: object) -> None:
 def connect_events() -> None:
     if hasattr(gdb.events, "connection_removed"):
         gdb.events.connection_removed.connect(_on_connection_removed)
+    portable.connect_events()

@@ -2,11 +2,13 @@
  * Demo VMI guest: multiboot v1 header, entry, exception and interrupt stubs, and the two patch
  * sites that never return (IRET, SYSEXIT), which must be in assembly.
  *
- * Patch-site records use Linux's 8-byte .parainstructions layout with the VMI call number as
- * the type (see paravirt.h). VMI numbers come from the generated vmi_abi.inc.
+ * Patch-site records use Linux's 8-byte .parainstructions layout with a pv-op slot as the type
+ * (PARAVIRT_PATCH(pv_cpu_ops.iret), see paravirt.h and pvslots.h). VMI numbers come from the
+ * generated vmi_abi.inc.
  */
 #include "layout.h"
 #include "exitcodes.h"
+#include "pvslots.h"
 #include "vmi_abi.inc"
 
 #define MULTIBOOT_MAGIC 0x1BADB002
@@ -147,12 +149,12 @@ selftest_interrupt:
 	pop	%eax
 	jmp	pv_iret
 
-/* pv_iret: the guest's only IRET, a patch site (type VMI_CALL_IRET). Patched to "call" the
+/* pv_iret: the guest's only IRET, a patch site (slot pv_cpu_ops.iret). Patched to "call" the
  * ROM's IRET, which drops the return address and irets, so the frame is the same either way. */
 	.globl pv_iret
 pv_iret:
 	incl	pv_hits + 4 * VMI_CALL_IRET
-	PV_SITE_ASM VMI_CALL_IRET, iret
+	PV_SITE_ASM PV_SLOT_IRET, iret
 
 /* u32 iret_built_frame(void): build an interrupt frame by hand (EFLAGS, CS, EIP) and return
  * to 1: through pv_iret; returns 1. */
@@ -180,7 +182,7 @@ sysexit_roundtrip:
 	mov	20(%esp), %edx		/* user EIP */
 	mov	24(%esp), %ecx		/* user ESP */
 	incl	pv_hits + 4 * VMI_CALL_SYSEXIT
-	PV_SITE_ASM VMI_CALL_SYSEXIT, sti, sysexit
+	PV_SITE_ASM PV_SLOT_IRQ_ENABLE_SYSEXIT, sti, sysexit
 	ud2
 
 	.globl syscall_entry

@@ -1,15 +1,22 @@
 /*
- * Paravirtualization layer of the demo guest, modelled on i386 Linux 2.6.21-2.6.36 (vmi-abi.md
- * sections 3.3, 4 and 6).
+ * Paravirtualization layer of the demo guest, modelled on i386 Linux 2.6.24-2.6.36 (vmi-abi.md
+ * sections 3.3, 4 and 6; arch/x86/include/asm/paravirt_types.h and arch/x86/kernel/vmi_32.c of
+ * 2.6.32).
  *
  * Two ways into the ROM, as in Linux:
- *  - Patch sites. A native instruction sequence, NOP-padded to PV_SITE_LEN bytes, recorded in
+ *  - Patch sites. An instruction sequence, NOP-padded to at least PV_SITE_LEN bytes, recorded in
  *    .parainstructions with Linux's 8-byte record {.long addr; .byte type; .byte len;
- *    .short clobbers}. Unlike Linux, whose types are pv-op slot indexes, our type IS the VMI call
- *    number (VMI_CALL_* from vmi_abi.h): the patcher hands it to get_reloc unchanged.
- *    CALL_REL turns the site into "call rel32" + NOPs, NOP into all NOPs, NONE leaves it native.
- *  - pv-op pointers (Linux's para_fill / vmi_get_function): pv_fn[call] starts at a native
- *    regparm(3) implementation and is replaced by the ROM's entry when get_reloc says CALL_REL.
+ *    .short clobbers}. As in Linux the type is a pv-op slot, PARAVIRT_PATCH(op): the op's
+ *    offset in struct paravirt_patch_template divided by the size of a pointer (DWARF in
+ *    guest.elf describes the struct, which is how vmigdb names the slots). The patcher is
+ *    Linux's vmi_patch(): the interrupt-flag ops, iret and irq_enable_sysexit are rewritten
+ *    to "call rel32" into the ROM entry get_reloc names (CALL_REL), to NOPs (NOP) or left alone
+ *    (NONE); every other site keeps its native code, which for those ops is an indirect call
+ *    through the pv-op pointer (Linux's PVOP_CALL: "call *pv_cpu_ops+off").
+ *  - pv-op pointers (Linux's para_fill / para_wrap / vmi_get_function): the pv_*_ops members
+ *    start at native regparm(3) implementations and are replaced by the ROM's entries (or a
+ *    vmi_* wrapper calling one) when get_reloc says CALL_REL; the calls Linux reaches only
+ *    through its vmi_* wrappers use pv_fn[call] (Linux's vmi_ops cache).
  *
  * Every call made is counted in pv_hits[call] so the summary can say how many ROM calls ran.
  */
@@ -36,18 +43,88 @@
 
 struct paravirt_patch_site {
     u8 *instr;
-    u8 instrtype;   /* VMI call number */
+    u8 instrtype;   /* pv-op slot: PARAVIRT_PATCH(op) */
     u8 len;
     u16 clobbers;
 } __attribute__((packed));
 
 extern struct paravirt_patch_site __start_parainstructions[], __stop_parainstructions[];
 
-/* Native instructions between 771 and 772, NOP padding to PV_SITE_LEN, then the record. The
+/* --- the pv-op structures (Linux's names; a subset of 2.6.32's members) --------------------- */
+
+typedef VMICALL u32 (*pv_get_fn)(void);
+typedef VMICALL void (*pv_set_fn)(u32);
+typedef VMICALL void (*pv_void_fn)(void);
+typedef VMICALL u64 (*pv_get64_fn)(void);
+typedef VMICALL void (*pv_cpuid_fn)(u32 *ax, u32 *bx, u32 *cx, u32 *dx);
+
+/* Linux's wrapper for ops its callers reach through a callee-saved thunk. */
+struct paravirt_callee_save {
+    void *func;
+};
+
+struct pv_init_ops {
+    /* The patcher: Linux's vmi_patch once VMI is active. */
+    u32 (*patch)(u8 type, u16 clobbers, void *insns, u32 addr, u32 len);
+};
+
+struct pv_cpu_ops {
+    pv_void_fn clts;
+    pv_get_fn read_cr0;
+    pv_set_fn write_cr0;
+    pv_get_fn read_cr4;
+    pv_set_fn write_cr4;
+    pv_void_fn wbinvd;
+    pv_cpuid_fn cpuid;
+    pv_get64_fn read_tsc;
+    /* Never called through: Linux poisons them, so a site that was not patched faults. */
+    void *irq_enable_sysexit;
+    void *iret;
+};
+
+struct pv_irq_ops {
+    struct paravirt_callee_save save_fl;
+    struct paravirt_callee_save restore_fl;
+    struct paravirt_callee_save irq_disable;
+    struct paravirt_callee_save irq_enable;
+};
+
+struct pv_mmu_ops {
+    pv_get_fn read_cr2;
+    pv_set_fn write_cr2;
+    pv_get_fn read_cr3;
+    pv_set_fn write_cr3;
+};
+
+/* Linux's struct paravirt_patch_template: every ops structure in one, so an op's slot is its
+ * pointer index across them. */
+struct paravirt_patch_template {
+    struct pv_init_ops pv_init_ops;
+    struct pv_cpu_ops pv_cpu_ops;
+    struct pv_irq_ops pv_irq_ops;
+    struct pv_mmu_ops pv_mmu_ops;
+};
+
+extern struct pv_init_ops pv_init_ops;
+extern struct pv_cpu_ops pv_cpu_ops;
+extern struct pv_irq_ops pv_irq_ops;
+extern struct pv_mmu_ops pv_mmu_ops;
+
+#define PARAVIRT_PATCH(x) \
+    (__builtin_offsetof(struct paravirt_patch_template, x) / sizeof(void *))
+
+#include "pvslots.h"  /* the slots entry.S needs as numbers */
+
+/* Linux's get_call_destination(): the pointer a slot's indirect call goes through. */
+void *pv_call_destination(u8 type);
+
+/* The instructions between 771 and 772, NOP padding to PV_SITE_LEN, then the record. The
  * operands %[type] and %[clb] must be "i" constants. */
 #define PV_SITE(insns)                                                          \
     "771:\n\t" insns "\n772:\n\t"                                               \
-    ".skip " __stringify(PV_SITE_LEN) "-(772b-771b), 0x90\n773:\n\t"            \
+    ".if (772b-771b) < " __stringify(PV_SITE_LEN) "\n\t"                        \
+    ".skip " __stringify(PV_SITE_LEN) "-(772b-771b), 0x90\n\t"                  \
+    ".endif\n773:\n\t"                                                          \
     ".pushsection .parainstructions,\"a\"\n\t"                                  \
     ".balign 4\n\t"                                                             \
     ".long 771b\n\t"                                                            \
@@ -56,27 +133,32 @@ extern struct paravirt_patch_site __start_parainstructions[], __stop_parainstruc
     ".short %c[clb]\n\t"                                                        \
     ".popsection\n"
 
-#define PV_TYPE(call, clobbers) [type] "i"(call), [clb] "i"(clobbers)
+#define PV_TYPE(op, clobbers) [type] "i"(PARAVIRT_PATCH(op)), [clb] "i"(clobbers)
+
+/* Linux's PVOP_CALL: the site is an indirect call through the op; %[opptr] is its address. */
+#define PV_CALL_SITE PV_SITE("call *%c[opptr]")
+#define PV_OP(pvop, clobbers) PV_TYPE(pvop, clobbers), [opptr] "i"(&(pvop))
 
 extern u32 pv_hits[VMI_CALL_TABLE_LEN];      /* calls made, by call number */
 extern u8 pv_reloc[VMI_CALL_TABLE_LEN];      /* get_reloc's answer, by call number */
-extern void *pv_fn[VMI_CALL_TABLE_LEN];      /* pv-op pointers (native or ROM) */
+extern void *pv_fn[VMI_CALL_TABLE_LEN];      /* ROM pointers the wrappers call (vmi_ops) */
 
 static inline void pv_hit(u32 call) { pv_hits[call]++; }
 
-/* --- interrupt flag sites (flags-only clobbers, as Linux requires of the ROM) ------------- */
+/* --- interrupt flag sites: native code inline, patched to a ROM call (flags-only clobbers, as
+ * Linux requires of the ROM) ----------------------------------------------------------------- */
 
 static inline void pv_irq_disable(void)
 {
     pv_hit(VMI_CALL_DisableInterrupts);
-    asm volatile(PV_SITE("cli") : : PV_TYPE(VMI_CALL_DisableInterrupts, CLBR_NONE)
+    asm volatile(PV_SITE("cli") : : PV_TYPE(pv_irq_ops.irq_disable, CLBR_NONE)
                  : "memory", "cc");
 }
 
 static inline void pv_irq_enable(void)
 {
     pv_hit(VMI_CALL_EnableInterrupts);
-    asm volatile(PV_SITE("sti") : : PV_TYPE(VMI_CALL_EnableInterrupts, CLBR_NONE)
+    asm volatile(PV_SITE("sti") : : PV_TYPE(pv_irq_ops.irq_enable, CLBR_NONE)
                  : "memory", "cc");
 }
 
@@ -85,7 +167,7 @@ static inline u32 pv_save_fl(void)
     u32 f;
     pv_hit(VMI_CALL_GetInterruptMask);
     asm volatile(PV_SITE("pushfl; popl %%eax") : "=a"(f)
-                 : PV_TYPE(VMI_CALL_GetInterruptMask, CLBR_EAX) : "memory", "cc");
+                 : PV_TYPE(pv_irq_ops.save_fl, CLBR_EAX) : "memory", "cc");
     return f;
 }
 
@@ -93,48 +175,49 @@ static inline void pv_restore_fl(u32 f)
 {
     pv_hit(VMI_CALL_SetInterruptMask);
     asm volatile(PV_SITE("pushl %%eax; popfl") : "+a"(f)
-                 : PV_TYPE(VMI_CALL_SetInterruptMask, CLBR_EAX) : "memory", "cc");
+                 : PV_TYPE(pv_irq_ops.restore_fl, CLBR_EAX) : "memory", "cc");
 }
 
-/* --- control registers and other sensitive instructions (standard clobbers) --------------- */
+/* --- pv-op call sites: "call *op", left as they are by vmi_patch; the op points into the ROM
+ * after para_fill (standard clobbers: EAX ECX EDX and flags) -------------------------------- */
 
-#define PV_READ_CR(n, call)                                                     \
+#define PV_READ_CR(n, ops, call)                                                \
     static inline u32 pv_read_cr##n(void)                                       \
     {                                                                           \
         u32 v;                                                                  \
         pv_hit(call);                                                           \
-        asm volatile(PV_SITE("movl %%cr" #n ", %%eax") : "=a"(v)                \
-                     : PV_TYPE(call, CLBR_ANY) : "ecx", "edx", "memory", "cc"); \
+        asm volatile(PV_CALL_SITE : "=a"(v)                                     \
+                     : PV_OP(ops.read_cr##n, CLBR_ANY) : "ecx", "edx", "memory", "cc"); \
         return v;                                                               \
     }
-PV_READ_CR(0, VMI_CALL_GetCR0)
-PV_READ_CR(2, VMI_CALL_GetCR2)
-PV_READ_CR(3, VMI_CALL_GetCR3)
-PV_READ_CR(4, VMI_CALL_GetCR4)
+PV_READ_CR(0, pv_cpu_ops, VMI_CALL_GetCR0)
+PV_READ_CR(2, pv_mmu_ops, VMI_CALL_GetCR2)
+PV_READ_CR(3, pv_mmu_ops, VMI_CALL_GetCR3)
+PV_READ_CR(4, pv_cpu_ops, VMI_CALL_GetCR4)
 
-#define PV_WRITE_CR(n, call)                                                    \
+#define PV_WRITE_CR(n, ops, call)                                               \
     static inline void pv_write_cr##n##_site(u32 v)                             \
     {                                                                           \
         pv_hit(call);                                                           \
-        asm volatile(PV_SITE("movl %%eax, %%cr" #n) : "+a"(v)                   \
-                     : PV_TYPE(call, CLBR_ANY) : "ecx", "edx", "memory", "cc"); \
+        asm volatile(PV_CALL_SITE : "+a"(v)                                     \
+                     : PV_OP(ops.write_cr##n, CLBR_ANY) : "ecx", "edx", "memory", "cc"); \
     }
-PV_WRITE_CR(0, VMI_CALL_SetCR0)
-PV_WRITE_CR(2, VMI_CALL_SetCR2)
-PV_WRITE_CR(3, VMI_CALL_SetCR3)
-PV_WRITE_CR(4, VMI_CALL_SetCR4)
+PV_WRITE_CR(0, pv_cpu_ops, VMI_CALL_SetCR0)
+PV_WRITE_CR(2, pv_mmu_ops, VMI_CALL_SetCR2)
+PV_WRITE_CR(3, pv_mmu_ops, VMI_CALL_SetCR3)
+PV_WRITE_CR(4, pv_cpu_ops, VMI_CALL_SetCR4)
 
 static inline void pv_clts(void)
 {
     pv_hit(VMI_CALL_CLTS);
-    asm volatile(PV_SITE("clts") : : PV_TYPE(VMI_CALL_CLTS, CLBR_ANY)
+    asm volatile(PV_CALL_SITE : : PV_OP(pv_cpu_ops.clts, CLBR_ANY)
                  : "eax", "ecx", "edx", "memory", "cc");
 }
 
 static inline void pv_wbinvd(void)
 {
     pv_hit(VMI_CALL_WBINVD);
-    asm volatile(PV_SITE("wbinvd") : : PV_TYPE(VMI_CALL_WBINVD, CLBR_ANY)
+    asm volatile(PV_CALL_SITE : : PV_OP(pv_cpu_ops.wbinvd, CLBR_ANY)
                  : "eax", "ecx", "edx", "memory", "cc");
 }
 
@@ -142,23 +225,27 @@ static inline u64 pv_rdtsc(void)
 {
     u64 v;
     pv_hit(VMI_CALL_RDTSC);
-    asm volatile(PV_SITE("rdtsc") : "=A"(v) : PV_TYPE(VMI_CALL_RDTSC, CLBR_ANY)
+    asm volatile(PV_CALL_SITE : "=A"(v) : PV_OP(pv_cpu_ops.read_tsc, CLBR_ANY)
                  : "ecx", "memory", "cc");
     return v;
 }
 
 struct cpuid_regs { u32 eax, ebx, ecx, edx; };
 
+/* Linux's __cpuid: the op takes four pointers (regparm: EAX EDX ECX, the fourth pushed); with
+ * VMI it is the vmi_cpuid wrapper, since the ROM's CPUID has the instruction's registers. */
 static inline struct cpuid_regs pv_cpuid(u32 leaf, u32 subleaf)
 {
     struct cpuid_regs r = { leaf, 0, subleaf, 0 };
+    u32 *ax = &r.eax, *bx = &r.ebx, *cx = &r.ecx;
     pv_hit(VMI_CALL_CPUID);
-    asm volatile(PV_SITE("cpuid") : "+a"(r.eax), "=b"(r.ebx), "+c"(r.ecx), "=d"(r.edx)
-                 : PV_TYPE(VMI_CALL_CPUID, CLBR_ANY) : "memory", "cc");
+    asm volatile("pushl %[dx]\n\t" PV_CALL_SITE "addl $4, %%esp"
+                 : "+a"(ax), "+d"(bx), "+c"(cx)
+                 : [dx] "r"(&r.edx), PV_OP(pv_cpu_ops.cpuid, CLBR_ANY) : "memory", "cc");
     return r;
 }
 
-/* --- pv-op pointer calls (vmi.c): each counts, calls pv_fn[call] and models batching ------- */
+/* --- calls through vmi_* wrappers (vmi.c): each counts, calls pv_fn[call], models batching - */
 
 void pv_wrmsr(u32 msr, u32 lo, u32 hi);
 u64 pv_rdmsr(u32 msr);

@@ -1,8 +1,10 @@
 /*
  * VMI discovery, activation and the pv-op layer, as i386 Linux does it (vmi-abi.md sections
  * 1-4 and 6): scan 0xC0000..0xE0000 in 2 KiB steps through the lowmem linear map, check the
- * header, call vmi_init through its jump point, patch the .parainstructions sites from
- * get_reloc, and fill pv-op pointers with the ROM entries (para_fill / vmi_get_function).
+ * header, call vmi_init through its jump point, patch the .parainstructions sites as Linux's
+ * vmi_patch() does (only the interrupt-flag ops, iret and irq_enable_sysexit), and fill the
+ * pv_*_ops members with the ROM entries or vmi_* wrappers (para_fill / para_wrap /
+ * vmi_get_function), as activate_vmi() in 2.6.32's arch/x86/kernel/vmi_32.c.
  *
  * rom=copy (default) first copies the image to a page-aligned RAM buffer and runs the copy
  * (the 2006 mach-vmi prototype did that); its state is writable, so our ROM batches PTE updates.
@@ -118,8 +120,96 @@ static VMICALL void native_flush_tlb(u32 flags)
     asm volatile("mov %%cr3, %0; mov %0, %%cr3" : "=r"(cr3) : : "memory");
 }
 
-/* pv-op pointers: native until vmi_activate() fills them from get_reloc. Calls without an
- * entry here are reached only through patch sites. */
+/* Natives of the pv_*_ops members (Linux's native_read_cr0 ...). */
+static VMICALL u32 native_read_cr0(void) { u32 v; asm volatile("mov %%cr0, %0" : "=r"(v)); return v; }
+static VMICALL u32 native_read_cr2(void) { u32 v; asm volatile("mov %%cr2, %0" : "=r"(v)); return v; }
+static VMICALL u32 native_read_cr3(void) { u32 v; asm volatile("mov %%cr3, %0" : "=r"(v)); return v; }
+static VMICALL u32 native_read_cr4(void) { u32 v; asm volatile("mov %%cr4, %0" : "=r"(v)); return v; }
+static VMICALL void native_write_cr0(u32 v) { asm volatile("mov %0, %%cr0" : : "r"(v) : "memory"); }
+static VMICALL void native_write_cr2(u32 v) { asm volatile("mov %0, %%cr2" : : "r"(v) : "memory"); }
+static VMICALL void native_write_cr3(u32 v) { asm volatile("mov %0, %%cr3" : : "r"(v) : "memory"); }
+static VMICALL void native_write_cr4(u32 v) { asm volatile("mov %0, %%cr4" : : "r"(v) : "memory"); }
+static VMICALL void native_clts(void) { asm volatile("clts"); }
+static VMICALL void native_wbinvd(void) { asm volatile("wbinvd" : : : "memory"); }
+static VMICALL u64 native_read_tsc(void) { u64 v; asm volatile("rdtsc" : "=A"(v)); return v; }
+static VMICALL void native_cpuid(u32 *ax, u32 *bx, u32 *cx, u32 *dx)
+{
+    asm volatile("cpuid" : "=a"(*ax), "=b"(*bx), "=c"(*cx), "=d"(*dx) : "0"(*ax), "2"(*cx));
+}
+/* The interrupt-flag natives: never called (their sites hold the instructions inline), kept so
+ * the members name what the native code does until para_fill replaces them. */
+static VMICALL u32 native_save_fl_op(void) { return native_save_fl(); }
+static VMICALL void native_restore_fl(u32 f) { asm volatile("pushl %0; popfl" : : "r"(f) : "memory", "cc"); }
+static VMICALL void native_irq_disable(void) { asm volatile("cli" : : : "memory"); }
+static VMICALL void native_irq_enable(void) { asm volatile("sti" : : : "memory"); }
+/* Linux's vmi_nop: what a NOP relocation installs. */
+static VMICALL void vmi_nop(void) { }
+
+static u32 vmi_patch(u8 type, u16 clobbers, void *insns, u32 addr, u32 len);
+
+/* Linux's paravirt_patch_default stands in until vmi_activate() installs vmi_patch; this guest
+ * patches only once VMI is active, so the default leaves every site as it is. */
+static u32 native_patch(u8 type, u16 clobbers, void *insns, u32 addr, u32 len)
+{
+    (void)type, (void)clobbers, (void)insns, (void)addr;
+    return len;
+}
+
+struct pv_init_ops pv_init_ops = { .patch = native_patch };
+struct pv_cpu_ops pv_cpu_ops = {
+    .clts = native_clts,
+    .read_cr0 = native_read_cr0,
+    .write_cr0 = native_write_cr0,
+    .read_cr4 = native_read_cr4,
+    .write_cr4 = native_write_cr4,
+    .wbinvd = native_wbinvd,
+    .cpuid = native_cpuid,
+    .read_tsc = native_read_tsc,
+};
+struct pv_irq_ops pv_irq_ops = {
+    .save_fl = { (void *)native_save_fl_op },
+    .restore_fl = { (void *)native_restore_fl },
+    .irq_disable = { (void *)native_irq_disable },
+    .irq_enable = { (void *)native_irq_enable },
+};
+struct pv_mmu_ops pv_mmu_ops = {
+    .read_cr2 = native_read_cr2,
+    .write_cr2 = native_write_cr2,
+    .read_cr3 = native_read_cr3,
+    .write_cr3 = native_write_cr3,
+};
+
+_Static_assert(PARAVIRT_PATCH(pv_cpu_ops.iret) == PV_SLOT_IRET, "pvslots.h: PV_SLOT_IRET");
+_Static_assert(PARAVIRT_PATCH(pv_cpu_ops.irq_enable_sysexit) == PV_SLOT_IRQ_ENABLE_SYSEXIT,
+               "pvslots.h: PV_SLOT_IRQ_ENABLE_SYSEXIT");
+
+void *pv_call_destination(u8 type)
+{
+    struct paravirt_patch_template tmpl = {
+        .pv_init_ops = pv_init_ops,
+        .pv_cpu_ops = pv_cpu_ops,
+        .pv_irq_ops = pv_irq_ops,
+        .pv_mmu_ops = pv_mmu_ops,
+    };
+    if (type >= sizeof(tmpl) / sizeof(void *))
+        return 0;
+    return *((void **)&tmpl + type);
+}
+
+/* Linux's vmi_ops cache of ROM entries the vmi_* wrappers call (here only CPUID's; the other
+ * wrappers use pv_fn[call]). */
+static VMICALL void (*vmi_ops_cpuid)(void);
+
+/* Linux's vmi_cpuid: the pv-op takes pointers, the ROM's CPUID the instruction's registers. */
+static VMICALL void vmi_cpuid(u32 *ax, u32 *bx, u32 *cx, u32 *dx)
+{
+    asm volatile("call *%6" : "=a"(*ax), "=b"(*bx), "=c"(*cx), "=d"(*dx)
+                 : "0"(*ax), "2"(*cx), "r"(vmi_ops_cpuid) : "memory", "cc");
+}
+
+/* Linux's vmi_ops: the ROM pointers the vmi_* wrappers below call, by call number. Native
+ * until vmi_activate() fills them from get_reloc (vmi_get_function). Calls without an entry
+ * here are reached only through patch sites or the pv_*_ops members. */
 void *pv_fn[VMI_CALL_TABLE_LEN] = {
     [VMI_CALL_WRMSR] = native_wrmsr,
     [VMI_CALL_RDMSR] = native_rdmsr,
@@ -380,45 +470,76 @@ static struct reloc get_reloc(u32 call)
     return rel;
 }
 
-static void write_rel32(u8 *site, u8 opcode, u32 dest)
+static void write_rel32(u8 *site, u8 opcode, u32 dest, u32 ip)
 {
     site[0] = opcode;
-    u32 rel = dest - ((u32)site + 5);
+    u32 rel = dest - (ip + 5);
     for (int i = 0; i < 4; i++)
         site[1 + i] = (u8)(rel >> (8 * i));
 }
 
-/* apply_paravirt + vmi_patch: rewrite every site from its call's relocation. Our text runs
- * from the identity map, which is read-write, so the sites are written in place. */
+/* Linux's patch_internal(): one site, from the relocation of one VMI call. Returns the bytes
+ * used (the rest becomes NOPs). Counts what it did for the summary. */
+static u32 patch_internal(u32 call, u32 len, u8 *insns, u32 ip)
+{
+    struct reloc rel = get_reloc(call);
+    switch (rel.type) {
+    case VMI_RELOCATION_CALL_REL:
+    case VMI_RELOCATION_JUMP_REL:
+        CHECK(len >= PV_SITE_LEN, EXIT_PATCH, "patch site 0x%x (%s) is %u bytes", ip,
+              vmi_call_names[call], len);
+        write_rel32(insns, rel.type == VMI_RELOCATION_CALL_REL ? 0xE8 : 0xE9, rel.eip, ip);
+        vmi.patched++;
+        return 5;
+    case VMI_RELOCATION_NOP:
+        vmi.nopped++;
+        return 0;       /* obliterate the whole thing */
+    default:
+        vmi.native++;
+        return len;     /* leave native code in place */
+    }
+}
+
+/* Linux's vmi_patch(): only these slots are patched; every other site keeps its native code
+ * (an indirect call through its pv-op, which para_fill points at the ROM). vmigdb judges each
+ * site by Linux's table (vmigdb/pvops.py PATCHED_OPS); tests/test_sites.py checks that this
+ * guest's patcher agrees with it. */
+static u32 vmi_patch(u8 type, u16 clobbers, void *insns, u32 ip, u32 len)
+{
+    (void)clobbers;
+    switch (type) {
+    case PARAVIRT_PATCH(pv_irq_ops.irq_disable):
+        return patch_internal(VMI_CALL_DisableInterrupts, len, insns, ip);
+    case PARAVIRT_PATCH(pv_irq_ops.irq_enable):
+        return patch_internal(VMI_CALL_EnableInterrupts, len, insns, ip);
+    case PARAVIRT_PATCH(pv_irq_ops.restore_fl):
+        return patch_internal(VMI_CALL_SetInterruptMask, len, insns, ip);
+    case PARAVIRT_PATCH(pv_irq_ops.save_fl):
+        return patch_internal(VMI_CALL_GetInterruptMask, len, insns, ip);
+    case PARAVIRT_PATCH(pv_cpu_ops.iret):
+        return patch_internal(VMI_CALL_IRET, len, insns, ip);
+    case PARAVIRT_PATCH(pv_cpu_ops.irq_enable_sysexit):
+        return patch_internal(VMI_CALL_SYSEXIT, len, insns, ip);
+    default:
+        vmi.native++;
+        return len;
+    }
+}
+
+/* apply_paravirt(): hand every site to pv_init_ops.patch and NOP-pad what it did not use. Our
+ * text runs from the identity map, which is read-write, so the sites are written in place
+ * (Linux patches a copy and text_poke_early()s it back: the same bytes). */
 static void apply_paravirt(void)
 {
     for (struct paravirt_patch_site *s = __start_parainstructions; s < __stop_parainstructions;
          s++) {
         vmi.sites++;
-        CHECK(s->len >= PV_SITE_LEN, EXIT_PATCH, "patch site 0x%x (%s) is %u bytes",
-              (u32)s->instr, vmi_call_names[s->instrtype], s->len);
-        struct reloc rel = get_reloc(s->instrtype);
-        u32 used;
-        switch (rel.type) {
-        case VMI_RELOCATION_CALL_REL:
-            write_rel32(s->instr, 0xE8, rel.eip);
-            used = 5;
-            vmi.patched++;
-            break;
-        case VMI_RELOCATION_JUMP_REL:
-            write_rel32(s->instr, 0xE9, rel.eip);
-            used = 5;
-            vmi.patched++;
-            break;
-        case VMI_RELOCATION_NOP:
-            used = 0;
-            vmi.nopped++;
-            break;
-        default:
-            used = s->len;
-            vmi.native++;
-            break;
-        }
+        CHECK(pv_call_destination(s->instrtype) != 0 || s->instrtype == PV_SLOT_IRET ||
+              s->instrtype == PV_SLOT_IRQ_ENABLE_SYSEXIT, EXIT_PATCH,
+              "patch site 0x%x: slot %u has no pv-op", (u32)s->instr, s->instrtype);
+        u32 used = pv_init_ops.patch(s->instrtype, s->clobbers, s->instr, (u32)s->instr, s->len);
+        CHECK(used <= s->len, EXIT_PATCH, "patch site 0x%x: %u bytes used of %u",
+              (u32)s->instr, used, s->len);
         for (u32 i = used; i < s->len; i++)
             s->instr[i] = 0x90;
     }
@@ -427,8 +548,56 @@ static void apply_paravirt(void)
     asm volatile("jmp 1f\n1:" : : : "memory");
 }
 
-/* para_fill: CALL_REL -> the ROM entry, NOP -> a local no-op, NONE -> the native op stays. */
-static void para_fill(void)
+/* Linux's para_fill: CALL_REL -> the ROM entry, NOP -> vmi_nop, NONE -> the native op stays. */
+#define para_fill(opname, vmicall)                                              \
+    do {                                                                        \
+        struct reloc r_ = get_reloc(VMI_CALL_##vmicall);                        \
+        if (r_.type == VMI_RELOCATION_CALL_REL)                                 \
+            opname = (void *)r_.eip;                                            \
+        else if (r_.type == VMI_RELOCATION_NOP)                                 \
+            opname = (void *)vmi_nop;                                           \
+    } while (0)
+
+/* Linux's para_wrap: CALL_REL -> the wrapper, which calls the cached ROM entry. */
+#define para_wrap(opname, wrapper, cache, vmicall)                              \
+    do {                                                                        \
+        struct reloc r_ = get_reloc(VMI_CALL_##vmicall);                        \
+        CHECK(r_.type != VMI_RELOCATION_JUMP_REL, EXIT_RELOC, "get_reloc(%s) = JUMP_REL", \
+              #vmicall);                                                        \
+        if (r_.type == VMI_RELOCATION_CALL_REL) {                               \
+            opname = wrapper;                                                   \
+            cache = (void *)r_.eip;                                             \
+        }                                                                       \
+    } while (0)
+
+/* The pv_*_ops members, as activate_vmi() fills them. */
+static void fill_pv_ops(void)
+{
+    pv_init_ops.patch = vmi_patch;
+    para_wrap(pv_cpu_ops.cpuid, vmi_cpuid, vmi_ops_cpuid, CPUID);
+    para_fill(pv_cpu_ops.clts, CLTS);
+    para_fill(pv_cpu_ops.read_cr0, GetCR0);
+    para_fill(pv_mmu_ops.read_cr2, GetCR2);
+    para_fill(pv_mmu_ops.read_cr3, GetCR3);
+    para_fill(pv_cpu_ops.read_cr4, GetCR4);
+    para_fill(pv_cpu_ops.write_cr0, SetCR0);
+    para_fill(pv_mmu_ops.write_cr2, SetCR2);
+    para_fill(pv_mmu_ops.write_cr3, SetCR3);
+    para_fill(pv_cpu_ops.write_cr4, SetCR4);
+    para_fill(pv_irq_ops.save_fl.func, GetInterruptMask);
+    para_fill(pv_irq_ops.restore_fl.func, SetInterruptMask);
+    para_fill(pv_irq_ops.irq_disable.func, DisableInterrupts);
+    para_fill(pv_irq_ops.irq_enable.func, EnableInterrupts);
+    para_fill(pv_cpu_ops.wbinvd, WBINVD);
+    para_fill(pv_cpu_ops.read_tsc, RDTSC);
+    /* "These MUST always be patched": a site left unpatched jumps to a bad address. */
+    pv_cpu_ops.irq_enable_sysexit = (void *)0xfeedbab0;
+    pv_cpu_ops.iret = (void *)0xbadbab0;
+}
+
+/* vmi_get_function for the wrappers' calls: CALL_REL -> the ROM entry, NOP -> vmi_nop, NONE ->
+ * the native op stays. */
+static void para_fill_wrapped(void)
 {
     for (u32 c = 0; c < VMI_CALL_TABLE_LEN; c++) {
         if (!vmi_call_names[c])
@@ -442,7 +611,7 @@ static void para_fill(void)
         if (rel.type == VMI_RELOCATION_CALL_REL)
             pv_fn[c] = (void *)rel.eip;
         else if (rel.type == VMI_RELOCATION_NOP)
-            pv_fn[c] = native_nop;
+            pv_fn[c] = vmi_nop;
     }
 }
 
@@ -473,10 +642,11 @@ void vmi_activate(void)
     asm volatile("mov %%cs, %0" : "=r"(cs));
     kprintf("vmi: vmi_init ok, kernel_rpl=%u\n", cs & 3);
 
+    fill_pv_ops();
     apply_paravirt();
     kprintf("vmi: patch sites=%u call=%u nop=%u native=%u\n", vmi.sites, vmi.patched,
             vmi.nopped, vmi.native);
-    para_fill();
+    para_fill_wrapped();
     u32 n[4] = { 0 };
     for (u32 c = 0; c < VMI_CALL_TABLE_LEN; c++)
         if (vmi_call_names[c])

@@ -3,8 +3,9 @@
 Why a Python driver rather than Makefile rules: the image needs a post-link step (checksum byte)
 and tests need to build it into temporary directories and compare bytes, so one function does
 it all the same way for make, tests and the CLI. Reproducible: the tools see only relative names
-in a fresh temporary directory, no debug info and no build id, and local symbols are discarded,
-so two builds give identical .bin and .elf bytes.
+in a fresh temporary directory, no build id, no debug info but the call-frame information of
+.debug_frame (the unwinder's, emitted from the source's .cfi directives, with no path in it),
+and local symbols are discarded, so two builds give identical .bin and .elf bytes.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def finish_image(raw: bytes) -> bytes:
 def build_rom(output: Path) -> Path:
     """Assemble, link and checksum the ROM into ``output``; keep the ELF next to it.
 
-    Writes ``output`` (the image), ``output`` with suffix ``.elf`` (symbols are image offsets:
-    ``add-symbol-file vmi_rom.elf -o BASE`` in gdb) and ``vmi_abi.inc`` in the same directory
+    Writes ``output`` (the image), ``output`` with suffix ``.elf`` (symbols and call-frame
+    information at image offsets: ``add-symbol-file vmi_rom.elf -o BASE`` in gdb, which
+    ``vmi symbols`` does at the live ROM) and ``vmi_abi.inc`` in the same directory
     (the constants the assembler included, rendered from vmigdb/abi.py). Returns ``output``.
     """
     missing = [t for t in TOOLS if shutil.which(t) is None]

@@ -22,9 +22,17 @@
  *
  * Every VMI and vmigdb number comes from vmi_abi.inc, generated from vmigdb/abi.py; the only
  * numbers written here are x86 (below) and PCI data-structure ones (in rom_pci_header).
+ *
+ * Debugging: each call's body is the symbol vmi_<Call> (VMI_ENTRY), and every 32-bit routine
+ * carries DWARF call-frame information (.cfi_* directives, emitted into .debug_frame, which
+ * exists only in vmi_rom.elf: the image is the ELF's allocated sections). Every push, pop and
+ * stack adjustment is described where it happens, so gdb, given the ELF at the ROM's live
+ * address (`vmi symbols`), unwinds from any instruction of an entry into the guest's frames.
  */
 
 	.include "vmi_abi.inc"
+
+	.cfi_sections .debug_frame
 
 /* x86 architecture, not VMI. */
 	.equ EFLAGS_IF, 0x200		/* interrupt enable flag */
@@ -40,10 +48,13 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-/* GET_BASE reg: reg = linear address of offset 0 of the image (the image is linked at 0). */
+/* GET_BASE reg: reg = linear address of offset 0 of the image (the image is linked at 0).
+ * The call pushes its return address for one instruction (described to the unwinder). */
 	.macro GET_BASE reg
 	call	9f
-9:	pop	\reg
+9:	.cfi_adjust_cfa_offset 4
+	pop	\reg
+	.cfi_adjust_cfa_offset -4
 	sub	$9b, \reg
 	.endm
 
@@ -51,19 +62,25 @@
  * Preserves every general register; clobbers flags. */
 	.macro FLUSH_QUEUE trigger
 	push	$FLUSH_TRIGGER_\trigger
-	call	rom_flush
+	.cfi_adjust_cfa_offset 4
+	call	rom_flush			/* pops the trigger (ret $4) */
+	.cfi_adjust_cfa_offset -4
 	.endm
 
-/* VMI_ENTRY name: start the body of VMI call `name` (symbol vmi_<name>, listed in call_table). */
+/* VMI_ENTRY name: start the body of VMI call `name` (symbol vmi_<name>, listed in call_table;
+ * vmigdb.romsyms.entry_symbol states the same rule). Opens its call-frame information: at entry
+ * the CFA is ESP + 4, the return address at ESP. */
 	.macro VMI_ENTRY name
 	.text
 	.balign 16
 	.globl	vmi_\name
 	.type	vmi_\name, @function
 vmi_\name:
+	.cfi_startproc
 	.endm
 
 	.macro VMI_END name
+	.cfi_endproc
 	.size	vmi_\name, . - vmi_\name
 	.endm
 
@@ -115,11 +132,15 @@ rom_start:
 	.org	VROM_VMI_INIT
 	.globl	rom_vmi_init_jump
 rom_vmi_init_jump:
+	.cfi_startproc
 	jmp	rom_vmi_init
+	.cfi_endproc
 	.org	VROM_GET_RELOC
 	.globl	rom_get_reloc_jump
 rom_get_reloc_jump:
+	.cfi_startproc
 	jmp	rom_get_reloc
+	.cfi_endproc
 	.org	VROM_HEADER_SIZE
 
 /* BIOS init entry (real mode, far call): nothing to set up; AX = 0, far return. */
@@ -287,6 +308,7 @@ rom_state_end:
 	.globl	rom_vmi_init
 	.type	rom_vmi_init, @function
 rom_vmi_init:
+	.cfi_startproc
 	GET_BASE %ecx
 	mov	rom_probe(%ecx), %edx		/* original value */
 	mov	%edx, %eax
@@ -307,6 +329,7 @@ rom_init_announce:
 	outl	%eax, (%dx)
 	xor	%eax, %eax
 	ret
+	.cfi_endproc
 	.size	rom_vmi_init, . - rom_vmi_init
 
 /* VMI_GetRelocationInfo (jump point at VROM_GET_RELOC): EAX = call number ->
@@ -317,6 +340,7 @@ rom_init_announce:
 	.globl	rom_get_reloc
 	.type	rom_get_reloc, @function
 rom_get_reloc:
+	.cfi_startproc
 	cmp	$VMI_CALL_TABLE_LEN, %eax
 	jae	1f				/* out of range (unsigned: negatives too) */
 	GET_BASE %ecx
@@ -329,6 +353,7 @@ rom_get_reloc:
 1:	xor	%eax, %eax
 	mov	$VMI_RELOCATION_NONE, %edx
 	ret
+	.cfi_endproc
 	.size	rom_get_reloc, . - rom_get_reloc
 
 /* ---- the PTE queue -------------------------------------------------------------------------- */
@@ -344,8 +369,15 @@ rom_get_reloc:
 	.globl	rom_flush
 	.type	rom_flush, @function
 rom_flush:
-	pushal
+	.cfi_startproc
+	pushal					/* eax ecx edx ebx esp ebp esi edi, edi lowest */
+	.cfi_adjust_cfa_offset PUSHAL_SIZE
+	.cfi_rel_offset %edi, 0
+	.cfi_rel_offset %esi, 4
+	.cfi_rel_offset %ebp, 8
+	.cfi_rel_offset %ebx, 16
 	pushf
+	.cfi_adjust_cfa_offset 4
 	cli					/* an interrupt handler's PTE update must not */
 	GET_BASE %ebx				/* see a half-applied queue */
 	mov	rom_queued(%ebx), %ecx
@@ -419,8 +451,15 @@ rom_flush_announce:
 	movl	$0, rom_queued(%ebx)
 .Lflush_out:
 	popf
+	.cfi_adjust_cfa_offset -4
 	popal
+	.cfi_adjust_cfa_offset -PUSHAL_SIZE
+	.cfi_restore %edi
+	.cfi_restore %esi
+	.cfi_restore %ebp
+	.cfi_restore %ebx
 	ret	$4
+	.cfi_endproc
 	.size	rom_flush, . - rom_flush
 
 /* rom_pte_update: [esp+4] = a struct vmi_batch_entry built by the caller on its stack (ptep,
@@ -434,9 +473,15 @@ rom_flush_announce:
 	.globl	rom_pte_update
 	.type	rom_pte_update, @function
 rom_pte_update:
+	.cfi_startproc
 	push	%esi
+	.cfi_adjust_cfa_offset 4
+	.cfi_rel_offset %esi, 0
 	push	%ebx
+	.cfi_adjust_cfa_offset 4
+	.cfi_rel_offset %ebx, 0
 	pushf
+	.cfi_adjust_cfa_offset 4
 	cli					/* the queue and its count change together */
 	lea	16(%esp), %esi			/* the entry (above EFLAGS, two saves, the return) */
 	GET_BASE %ebx
@@ -489,9 +534,15 @@ rom_pte_update:
 	mov	%eax, %cr3
 .Lpte_out:
 	popf
+	.cfi_adjust_cfa_offset -4
 	pop	%ebx
+	.cfi_adjust_cfa_offset -4
+	.cfi_restore %ebx
 	pop	%esi
+	.cfi_adjust_cfa_offset -4
+	.cfi_restore %esi
 	ret
+	.cfi_endproc
 	.size	rom_pte_update, . - rom_pte_update
 
 /* ---- the calls, in call-number order -------------------------------------------------------- */
@@ -557,14 +608,18 @@ rom_pte_update:
  * (str + sgdt). TR = 0 (no TSS loaded): nothing to do. */
 	VMI_ENTRY UpdateKernelStack
 	push	%ebx
+	.cfi_adjust_cfa_offset 4
+	.cfi_rel_offset %ebx, 0
 	xor	%eax, %eax
 	str	%ax
 	and	$SELECTOR_INDEX, %eax
 	jz	1f
 	sub	$8, %esp
+	.cfi_adjust_cfa_offset 8
 	sgdt	(%esp)
 	mov	2(%esp), %ecx			/* GDT base */
 	add	$8, %esp
+	.cfi_adjust_cfa_offset -8
 	add	%eax, %ecx			/* the TSS descriptor */
 	movzwl	2(%ecx), %eax			/* base 15:0 */
 	movzbl	4(%ecx), %ebx			/* base 23:16 */
@@ -575,6 +630,8 @@ rom_pte_update:
 	or	%ebx, %eax
 	mov	%edx, 4(%eax)			/* tss.esp0 */
 1:	pop	%ebx
+	.cfi_adjust_cfa_offset -4
+	.cfi_restore %ebx
 	ret
 	VMI_END UpdateKernelStack
 
@@ -671,7 +728,9 @@ rom_pte_update:
 /* GetInterruptMask: -> EAX = EFLAGS & IF; clobbers flags only. Native: pushf; pop. */
 	VMI_ENTRY GetInterruptMask
 	pushf
+	.cfi_adjust_cfa_offset 4
 	pop	%eax
+	.cfi_adjust_cfa_offset -4
 	and	$EFLAGS_IF, %eax
 	ret
 	VMI_END GetInterruptMask
@@ -688,7 +747,8 @@ rom_pte_update:
 	VMI_END SetInterruptMask
 
 /* IRET: entered by CALL with the interrupt frame above the return address: drop it, then
- * iret. Never returns. Native: iret. */
+ * iret. Never returns. Native: iret. Unwinding: once the return address is dropped, the CFA
+ * rule (ESP + 4, return address at ESP) names the frame's EIP, which is where iret goes. */
 	VMI_ENTRY IRET
 	add	$4, %esp
 	iret
@@ -698,6 +758,8 @@ rom_pte_update:
  * sti; sysexit (sti's shadow covers sysexit). Never returns. Native: sti; sysexit. */
 	VMI_ENTRY SYSEXIT
 	add	$4, %esp
+	.cfi_def_cfa %ecx, 0			/* unwinding: sysexit returns to ECX:EDX (user) */
+	.cfi_register %eip, %edx
 	sti
 	sysexit
 	VMI_END SYSEXIT
@@ -728,12 +790,14 @@ rom_pte_update:
 /* SetPxE: EAX pte, EDX ptep, ECX flags. Native: mov %eax, (%edx). Queued when deferred. */
 	VMI_ENTRY SetPxE
 	sub	$VMI_BATCH_ENTRY_SIZE, %esp
+	.cfi_adjust_cfa_offset VMI_BATCH_ENTRY_SIZE
 	mov	%edx, BATCH_ENTRY_PTEP(%esp)
 	mov	%ecx, BATCH_ENTRY_FLAGS(%esp)
 	mov	%eax, BATCH_ENTRY_LO(%esp)
 	movl	$0, BATCH_ENTRY_HI(%esp)
 	call	rom_pte_update
 	add	$VMI_BATCH_ENTRY_SIZE, %esp
+	.cfi_adjust_cfa_offset -VMI_BATCH_ENTRY_SIZE
 	ret
 	VMI_END SetPxE
 
@@ -741,6 +805,7 @@ rom_pte_update:
  * mov %eax, (%ecx) (high first, like Linux's set_64bit). Queued when deferred. */
 	VMI_ENTRY SetPxELong
 	sub	$VMI_BATCH_ENTRY_SIZE, %esp
+	.cfi_adjust_cfa_offset VMI_BATCH_ENTRY_SIZE
 	mov	%ecx, BATCH_ENTRY_PTEP(%esp)
 	mov	VMI_BATCH_ENTRY_SIZE+4(%esp), %ecx
 	or	$ENTRY_LONG, %ecx
@@ -749,6 +814,7 @@ rom_pte_update:
 	mov	%edx, BATCH_ENTRY_HI(%esp)
 	call	rom_pte_update
 	add	$VMI_BATCH_ENTRY_SIZE, %esp
+	.cfi_adjust_cfa_offset -VMI_BATCH_ENTRY_SIZE
 	ret
 	VMI_END SetPxELong
 
@@ -758,6 +824,7 @@ rom_pte_update:
 	.macro UPDATE_PXE name, bits
 	VMI_ENTRY \name
 	sub	$VMI_BATCH_ENTRY_SIZE, %esp
+	.cfi_adjust_cfa_offset VMI_BATCH_ENTRY_SIZE
 	mov	%eax, BATCH_ENTRY_PTEP(%esp)
 	or	$\bits, %edx
 	mov	%edx, BATCH_ENTRY_FLAGS(%esp)
@@ -765,6 +832,7 @@ rom_pte_update:
 	movl	$0, BATCH_ENTRY_HI(%esp)
 	call	rom_pte_update
 	add	$VMI_BATCH_ENTRY_SIZE, %esp
+	.cfi_adjust_cfa_offset -VMI_BATCH_ENTRY_SIZE
 	ret
 	VMI_END \name
 	.endm
@@ -810,10 +878,12 @@ rom_pte_update:
 /* SetIOPLMask: EAX = IOPL pre-shifted (bits 12-13). Native: pushf; popf with IOPL replaced. */
 	VMI_ENTRY SetIOPLMask
 	pushf
+	.cfi_adjust_cfa_offset 4
 	andl	$~EFLAGS_IOPL, (%esp)
 	and	$EFLAGS_IOPL, %eax
 	or	%eax, (%esp)
 	popf
+	.cfi_adjust_cfa_offset -4
 	ret
 	VMI_END SetIOPLMask
 

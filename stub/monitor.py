@@ -2,12 +2,13 @@
 
 The server hex-decodes the command line and calls ``MonitorTable.dispatch``; a handler writes text
 through the context and raises ``MonitorError`` for a user mistake. The server prints that message
-and still answers ``OK``, as QEMU's gdbstub does (its HMP prints the error, the reply is ``OK``):
-gdb 13 shows an ``E`` reply as "Protocol error with Rcmd" after the message. Nothing from the
-wire is evaluated: numbers are parsed with ``int(text, 0)``. Later features (``vmi trace ...``,
-``vmi rom``) register more rows with ``MonitorTable.register``. Names and output formats follow
-QEMU's HMP where it has the command (``x``, ``xp``, ``info cpus``, ``system_reset``), so the same
-scripts can read both targets.
+(a ``MemoryFault`` too) and still answers ``OK``, as QEMU's gdbstub does (its HMP prints the error,
+the reply is ``OK``): gdb 13 shows an ``E`` reply as "Protocol error with Rcmd" after the message.
+Nothing from the wire is evaluated: numbers are parsed with ``int(text, 0)``. ``default_table``
+holds the machine's commands; the tracer adds ``vmi trace``, ``vmi trace dump`` and ``vmi rom``
+with ``MonitorTable.register`` (stub/vmitrace.py ``register_monitor``). Names and output formats
+follow QEMU's HMP where it has the command (``info registers``, ``info mem``, ``info tlb``, ``x``,
+``xp``, ``info cpus``, ``system_reset``), so the same scripts can read both targets.
 """
 
 from __future__ import annotations
@@ -146,9 +147,9 @@ def render_registers(machine: MachineInterface) -> str:
     for name in ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr"):
         sel = r(name)
         label = {"ldtr": "LDT", "tr": "TR"}.get(name, name.upper())
-        seg = _lookup(machine, sel) if cr0 & 1 else None
+        seg = _lookup(machine, sel) if cr0 & x86.CR0_PE else None
         if seg is None:
-            base = sel << 4 if not cr0 & 1 and name not in ("ldtr", "tr") else 0
+            base = sel << 4 if not cr0 & x86.CR0_PE and name not in ("ldtr", "tr") else 0
             if name == "fs" and _reg(machine, "fs_base") is not None:
                 base = r("fs_base")
             if name == "gs" and _reg(machine, "gs_base") is not None:
@@ -362,7 +363,8 @@ def cmd_phys(ctx: MonitorContext, args: str) -> None:
 
 
 def default_table() -> MonitorTable:
-    """The built-in commands; the server copies them into its own table at start."""
+    """The machine's own commands, in a new table (``vmigdb serve`` adds the tracer's rows to it
+    and hands it to the server, which dispatches every ``monitor`` line through it)."""
     table = MonitorTable()
 
     def cmd_help(ctx: MonitorContext, args: str) -> None:

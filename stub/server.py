@@ -36,9 +36,13 @@ Stop mapping (documented contract):
   a ``continue`` halts again at once;
 * FAULT / TRIPLE_FAULT -> a signal by vector (``SIGNAL_BY_VECTOR``, default SIGSEGV ``T0b``) plus
   the machine's message as console output;
-* EXIT -> ``W`` + the low byte of ``Stop.exit_code`` as the machine reports it (the value the
-  guest wrote to isa-debug-exit, so 0 shows as "exited normally"), with the machine's message as
-  console output; the next connection finds the machine reset to its entry state;
+* EXIT -> first a stop, as gdb's ``catch exit`` would make one: ``T05`` with the machine's
+  message as console output (``EXIT_MESSAGE``: "the guest exited with code 0x…"), the machine
+  left as the guest left it, so its state and trace can still be inspected (``?`` answers the
+  same stop, for this gdb or the next). The next ``c``/``s``/``vCont`` ends the guest: ``W`` +
+  the low byte of ``Stop.exit_code`` (the value the guest wrote to isa-debug-exit, so 0 shows as
+  "exited normally"); the next connection finds the machine reset to its entry state. A reset
+  (``monitor reset``, ``k``) in between forgets the exit;
 * an exception from the machine itself -> ``T06`` (SIGABRT) and the traceback in the stub's log.
 
 Life cycle: ``D`` answers OK, removes this gdb's break/watchpoints and closes; the machine keeps its
@@ -62,6 +66,7 @@ from collections.abc import Callable
 from typing import TextIO
 from xml.sax.saxutils import quoteattr
 
+from vmigdb import debugexit
 from vmigdb.errors import VmiError
 
 from . import lobby, rsp, target
@@ -95,6 +100,11 @@ E_FAULT = b"E14"  # EFAULT: an address the machine cannot reach
 #: Times a continue is run again after an interrupt nobody asked for during it (one is left at
 #: most: the machine keeps a single pending request).
 STALE_INTERRUPT_RETRIES = 2
+#: The console line of the stop at the guest's exit (``{code}``: the value the guest wrote to
+#: isa-debug-exit; ``{status}``: QEMU's exit status for it). ``vmigdb capture`` reads the code
+#: from it.
+EXIT_MESSAGE = ("vmigdb: the guest exited with code {code:#x} (QEMU status {status}): stopped at "
+                "its exit; the state and the trace stay for inspection, continue to end it\n")
 
 MEMORY_MAP_HEAD = (
     '<?xml version="1.0"?>\n<!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD GDB Memory Map '
@@ -129,6 +139,20 @@ def memory_map_xml(regions: list[tuple[int, int, str]]) -> bytes:
                    f'length="{target.ADDRESS_SPACE - pos:#x}"/>')
     out.append("</memory-map>")
     return "\n".join(out).encode()
+
+
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT`` as gdb's ``target remote`` takes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _family(host: str, port: int) -> socket.AddressFamily:
+    """The address family ``host`` resolves to first (``::1``: IPv6; a name: what it names)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                  flags=socket.AI_PASSIVE)[0][0]
+    except (OSError, UnicodeError):
+        return socket.AF_INET  # create_server then says what is wrong with the name
 
 
 def _default_log(message: str) -> None:
@@ -217,14 +241,30 @@ class Server:
         self._session: _Session | None = None
         self._pending: queue.SimpleQueue[_Session | None] = queue.SimpleQueue()
         self.exited = False  # the guest exited: reset before the next gdb
+        #: The guest's exit, reported as a stop and not yet as the end (``W``): the next resume
+        #: ends the guest. Kept across connections; a machine reset forgets it.
+        self.exit_pending: Stop | None = None
+        machine.on_reset(self._forget_exit)
         try:
-            self._listener = socket.create_server((host, port), reuse_port=False)
+            self._listener = socket.create_server((host, port), family=_family(host, port),
+                                                  reuse_port=False)
         except OSError as exc:
-            raise VmiError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise VmiError(f"cannot listen on {host_port(host, port)}: "
+                           f"{exc.strerror or exc}") from None
         self.host = host
         self.port: int = self._listener.getsockname()[1]
         self._lobby = lobby.Lobby(self._listener, self._offer, refusal=REFUSAL, log=self.log,
                                   limits=limits)
+
+    def _forget_exit(self) -> None:
+        """The machine was reset (``monitor reset``, ``k``, the guest's own reset): the exit
+        it had reached is no more."""
+        self.exit_pending = None
+
+    @property
+    def stopping(self) -> bool:
+        """``stop()`` was called: the stub is ending."""
+        return self._stopping
 
     @property
     def _busy(self) -> bool:
@@ -253,7 +293,7 @@ class Server:
     def serve_forever(self) -> None:
         """Serve connections until ``stop()``; the machine runs in this thread."""
         self._lobby.start()
-        self.log(f"listening on {self.host}:{self.port}")
+        self.log(f"listening on {host_port(self.host, self.port)}")
         if self._ready:
             self._ready(self.port)
         try:
@@ -406,6 +446,7 @@ class _Session:
         self.server.log(f"gdb connected from {self.peer}")
         if self.server.exited:
             self.server.exited = False
+            self.server.exit_pending = None
             self._safe(self.machine.reset, "reset after guest exit")
         self._events.extend(self._decoder.feed(self._received))
         try:
@@ -423,7 +464,8 @@ class _Session:
                 lobby.close(self.conn)
             for end in self._wake or ():
                 end.close()
-            self.server.log(f"gdb from {self.peer} gone; waiting for the next one")
+            after = "" if self.server.stopping else "; waiting for the next one"
+            self.server.log(f"gdb from {self.peer} gone{after}")
 
     def _dispatch_event(self, ev: rsp.Event, payload: bytes) -> None:
         if ev is rsp.Event.PACKET:
@@ -839,6 +881,8 @@ class _Session:
 
     # --- run control ---------------------------------------------------------------------------------
     def _h_status(self, args: bytes) -> bytes:
+        if self.server.exit_pending is not None:  # still stopped at the guest's exit
+            return self._exit_stop(self.server.exit_pending)
         return self._stop_reply(Stop(StopReason.STEP, self._pc()))
 
     def _pc(self) -> int:
@@ -878,6 +922,11 @@ class _Session:
 
     def _resume(self, action: str) -> bytes:
         self._flush_ack()
+        ended = self.server.exit_pending
+        if ended is not None:  # stopped at the guest's exit: resuming ends it
+            self.server.exit_pending = None
+            self.server.exited = True
+            return rsp.exit_reply(ended.exit_code or 0)
         stop: Stop | None = None
         if action == "c":
             # A Ctrl-C already read behind this packet (sent after it) stops this run at once.
@@ -903,10 +952,8 @@ class _Session:
     def _stop_reply(self, stop: Stop) -> bytes:
         reason = stop.reason
         if reason is StopReason.EXIT:
-            self.server.exited = True
-            if stop.message:
-                self.write(f"vmigdb: {stop.message}\n")
-            return rsp.exit_reply(stop.exit_code or 0)
+            self.server.exit_pending = stop
+            return self._exit_stop(stop)
         if reason is StopReason.BREAKPOINT:
             types = self._bps.get(stop.pc, set())
             if 0 in types and self._gdb_swbreak:
@@ -928,6 +975,12 @@ class _Session:
             self.write(f"vmigdb: {stop.message}\n")
         return self._stop_signal(SIGTRAP)
 
+    def _exit_stop(self, stop: Stop) -> bytes:
+        """The stop at the guest's exit: T05 (SIGTRAP) and the exit code as console text."""
+        code = stop.exit_code or 0
+        self.write(EXIT_MESSAGE.format(code=code, status=debugexit.qemu_status(code)))
+        return self._stop_signal(SIGTRAP)
+
     # --- leaving ---------------------------------------------------------------------------------------
     def _h_D(self, args: bytes) -> None:
         self._drop_points()
@@ -937,6 +990,7 @@ class _Session:
     def _h_k(self, args: bytes) -> None:
         self._flush_ack()
         self._drop_points()
+        self.server.exit_pending = None
         self._safe(self.machine.reset, "reset on kill")
         self.server.log("gdb killed the program: machine reset")
         self._closing = True

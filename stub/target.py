@@ -77,7 +77,6 @@ G_SIZE = sum(r.size for r in REGISTERS)
 
 #: ebp, esp, eip: with these expedited in every stop reply gdb needs no ``g`` per stepi (measured).
 EXPEDITED: tuple[Reg, ...] = (BY_NAME["ebp"], BY_NAME["esp"], BY_NAME["eip"])
-PC = BY_NAME["eip"]
 
 
 def register(regnum: int) -> Reg:
@@ -137,7 +136,6 @@ TARGET_XML = target_xml()
 
 #: A register reader: machine.reg_read. KeyError/ValueError means "not modelled" (sent as ``xx``).
 RegRead = Callable[[str], int]
-RegWrite = Callable[[str, int], None]
 
 
 def encode_reg(reg: Reg, read: RegRead) -> bytes:

@@ -24,6 +24,7 @@ from unicorn.x86_const import (
     UC_X86_REG_SS,
 )
 
+from vmigdb import x86
 from vmigdb.errors import VmiError
 
 
@@ -52,7 +53,6 @@ HF_CS32, HF_SS32 = 1 << 4, 1 << 5
 FLAT_CODE0 = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (1 << 11) | (1 << 9) | (1 << 8)
 FLAT_DATA0 = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8)
 _HF_PE_CS32_SS32 = (1 << 7) | (1 << 4) | (1 << 5)
-_SMEP = 1 << 20
 _PROBE_ERROR = 0x11  # #PF: present | instruction fetch
 _measured: ContextOffsets | None = None
 
@@ -81,9 +81,9 @@ def find_context_offsets() -> ContextOffsets:
                        "(segment cache/hflags offsets); use unicorn==2.1.4")
     uc.mem_write(0x1000, struct.pack("<I", 0x2000 | 7))  # PDE 0 -> page table at 0x2000
     uc.mem_write(0x2000 + 3 * 4, struct.pack("<I", 0x3000 | 7))  # user page at 0x3000
-    uc.reg_write(UC_X86_REG_CR4, uc.reg_read(UC_X86_REG_CR4) | _SMEP)
+    uc.reg_write(UC_X86_REG_CR4, uc.reg_read(UC_X86_REG_CR4) | x86.CR4_SMEP)
     uc.reg_write(UC_X86_REG_CR3, 0x1000)
-    uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) | 0x80000000)
+    uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) | x86.CR0_PG)
     before = bytes(uc.context_save())
     seen: list[tuple[int, bytes]] = []
 

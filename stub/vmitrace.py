@@ -331,7 +331,16 @@ class VmiTracer:
         self._bounding = False
         if len(self._log) > self._log_limit:
             self._decode_all()
-            self._drop_log()
+            self._drop_oldest(len(self._log) - self._log_limit // 2)
+
+    def _drop_oldest(self, size: int) -> None:
+        """Drop the oldest ``size`` bytes of the (decoded) log, up to the next item boundary:
+        a reader that keeps up loses nothing, only one that had not read that far."""
+        pos = 0
+        while pos < size and (head := rawtrace.item_header(self._log, pos)) is not None:
+            pos = head[2]
+        del self._log[:pos]
+        self._base += pos
 
     def _decode_all(self) -> None:
         self._collect()

@@ -8,7 +8,6 @@ code and its serial output.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vmigdb.targets import qemu_argv
+from vmigdb.debugexit import guest_code
+from vmigdb.targets import linux_dir, qemu_argv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,13 +38,6 @@ class Linux:
     bzimage: Path
     initrd: Path
     vmlinux: Path
-
-
-def linux_dir() -> Path | None:
-    """``$VMIGDB_LINUX_DIR``, else ``../shared/linux`` beside the repository (CI has it)."""
-    env = os.environ.get("VMIGDB_LINUX_DIR")
-    d = Path(env) if env else REPO.parent / "shared" / "linux"
-    return d if (d / "bzImage-2.6.32.9-vmi").is_file() else None
 
 
 @pytest.fixture(scope="session")
@@ -106,9 +99,9 @@ def run_qemu(elf: Path, rom: Path | None, cmdline: str = "",
                 proc.kill()
                 proc.wait()
         text = _read(serial)
-    status = proc.returncode
-    if status > 0 and status & 1:
-        return status >> 1, text
+    code = guest_code(proc.returncode)
+    if code is not None:
+        return code, text
     if out:
         text += "\n[qemu] " + out.decode(errors="replace")
     return None, text

@@ -1,13 +1,13 @@
 """A fake machine for the protocol tier: ``MachineInterface`` over a bytearray and a dict.
 
 It interprets one-byte "instructions" from its memory, enough to produce every stop reason:
-0xEB spins until ``interrupt()``, 0xF4 halts, 0xE6 exits with code ``(eax << 1) | 1``, 0x89
-stores eax at [ebx], 0x8B loads [ebx] into eax, 0x0F faults with #UD, anything else is a
-one-byte nop. Breakpoints stop before the instruction (not at the resume pc); watchpoints stop
-after the access. ``interrupt()`` behaves as the real machine's: a request made while no run is
-under way (or after a run decided to stop for another reason) is kept, and the next run returns
-INTERRUPTED at once. It shares no code with the real PC: the server is tested against the
-interface alone.
+0xEB spins until ``interrupt()``, 0xF4 halts, 0xE6 exits with code ``eax`` (as a guest's write
+to isa-debug-exit), 0x89 stores eax at [ebx], 0x8B loads [ebx] into eax, 0x0F faults with #UD,
+anything else is a one-byte nop. Breakpoints stop before the instruction (not at the resume pc);
+watchpoints stop after the access. ``interrupt()`` behaves as the real machine's: a request made
+while no run is under way (or after a run decided to stop for another reason) is kept, and the
+next run returns INTERRUPTED at once. It shares no code with the real PC: the server is tested
+against the interface alone.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class FakeMachine:
         if op == 0xF4:
             return Stop(StopReason.HALT, pc, message="hlt with IF=0")
         if op == 0xE6:
-            return Stop(StopReason.EXIT, pc, exit_code=(self.regs["eax"] << 1) | 1)
+            return Stop(StopReason.EXIT, pc, exit_code=self.regs["eax"])
         if op == 0x0F:
             return Stop(StopReason.FAULT, pc, vector=6, message="invalid opcode")
         self.regs["eip"] = pc + 1

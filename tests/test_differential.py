@@ -18,6 +18,9 @@ import pytest
 from conftest import Built
 from targets import Target, start_qemu, start_stub
 
+from vmigdb import elf
+from vmigdb.mi import GDB
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "gdbscripts" / "stepi_trace.py"
 STEPS = 2000
@@ -42,7 +45,7 @@ def _drive(target: Target, entry: int, breaks: list[int], out: Path,
            "VMIGDB_OUT": str(out), "VMIGDB_ENTRY": f"{entry:x}",
            "VMIGDB_BREAKS": ",".join(f"{b:x}" for b in breaks),
            "VMIGDB_SET": json.dumps(set_regs)}
-    r = subprocess.run(["gdb", "-nx", "-batch", "-x", str(SCRIPT)], env=env, capture_output=True,
+    r = subprocess.run([GDB, "-nx", "-batch", "-x", str(SCRIPT)], env=env, capture_output=True,
                        text=True, timeout=300, check=False)
     assert "Traceback" not in r.stderr, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -55,7 +58,7 @@ def traces(built: Built, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("diff")
     syms = _symbols(built.guest)
     breaks = [syms[s] for s in BREAK_SYMBOLS]
-    entry = int.from_bytes(built.guest.read_bytes()[24:28], "little")
+    entry = elf.entry(built.guest)
     qemu = start_qemu(built.guest, built.rom, "rom=copy", tmp)
     try:
         ref = _drive(qemu, entry, breaks, tmp / "qemu.jsonl", {})
@@ -74,7 +77,7 @@ def traces(built: Built, tmp_path_factory: pytest.TempPathFactory):
 def _drive_entry_only(target: Target, entry: int, out: Path) -> dict[str, int]:
     env = {**os.environ, "VMIGDB_PORT": str(target.port), "VMIGDB_STEPS": "0",
            "VMIGDB_OUT": str(out), "VMIGDB_ENTRY": f"{entry:x}", "VMIGDB_DETACH": "1"}
-    subprocess.run(["gdb", "-nx", "-batch", "-x", str(SCRIPT)], env=env, capture_output=True,
+    subprocess.run([GDB, "-nx", "-batch", "-x", str(SCRIPT)], env=env, capture_output=True,
                    text=True, timeout=60, check=True)
     return json.loads(out.read_text().splitlines()[0])
 

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 from conftest import Built
+from gdblayout import slot_layout
 from targets import Target, start_qemu, start_stub
 
-from vmigdb import abi, decode, rominfo, sites
+from vmigdb import abi, decode, pvops, rominfo, sites
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall
+from vmigdb.mi import GDB
 
-GDB = "/usr/bin/gdb"
 WIDTH = 250
 
 
@@ -115,25 +116,33 @@ def test_rom_sites_decode_pte_and_usage(built: Built, qemu_copy: Target) -> None
     for call, off in info.call_table.items():
         if off:
             native = abi.CALLS[call].native or "-"
-            assert re.search(rf"{call.name}\s+│\s+{base + off:#x}\s+│ CALL_REL.*│ "
-                             rf"{re.escape(native)}", rom), call
+            assert re.search(rf"{call.name} vmi_{call.name}\s+│\s+{base + off:#x}\s+│ "
+                             rf"CALL_REL.*│ {re.escape(native)}", rom), call
     assert "cpuid; ret" in rom and "lgdt [eax]; ret" in rom
 
     text = s["sites"]
+    layout = slot_layout(built.guest)
+    relocation = rom_relocation(info, base)
     assert f"{len(records)} patch sites" in text and len(records) == 38
-    assert "sites=38 call=38; redirected to the entry of their own call: 38" in text
+    patched = [r for r in records if sites.expect(r, layout, relocation).patched]
+    assert (f"sites=38 call={len(patched)} native={38 - len(patched)}; slots vmi_patch "
+            f"rewrites: {len(patched)}; Linux's rule: ok=38 WRONG=0") in text
     for rec in records:
         native = sites.describe_insns(decode.disassemble(elf.read(rec.addr, rec.len), rec.addr))
-        entry = base + info.call_table[rec.call]
+        exp = sites.expect(rec, layout, relocation)
         line = next(ln for ln in text.splitlines() if f"│ {rec.addr:#x} │" in ln)
-        assert rec.call_name in line and native in line, line
-        assert f"call {entry:#x}" in line and f"call {rec.call_name} entry {entry:#x}" in line
+        assert exp.describe() in line and native in line, line
+        if exp.patched:  # the ROM entry of the call vmi_patch asked get_reloc about
+            entry = base + info.call_table[pvops.PATCHED_OPS[rec.op(layout)]]
+            assert exp.target == entry and f"call {entry:#x}" in line, line
+        else:
+            assert "unchanged" in line, line
         assert line.rstrip().endswith("ok │"), line
 
     first = records[0]
-    assert f"call {first.call_name} entry {base + info.call_table[first.call]:#x}" in \
-        s["decode_site"]
+    assert sites.expect(first, layout, relocation).describe() in s["decode_site"]
     assert "native (ELF)" in s["decode_site"] and "verdict" in s["decode_site"]
+    assert "Linux's rule" in s["decode_site"]
     assert f"{base + setpxe:#x} is the SetPxE entry" in s["decode_entry"]
     assert "pte in eax (pte), ptep in edx (ptep), flags in ecx (pte_flags)" in \
         s["decode_entry"]
@@ -147,6 +156,12 @@ def test_rom_sites_decode_pte_and_usage(built: Built, qemu_copy: Target) -> None
     assert any(e.startswith("usage: vmi rom") for e in errors)
     assert any(e.startswith("vmi trace: unknown VMI call 'Nope'") for e in errors), errors
     assert any(e.startswith("usage: vmi batches") for e in errors)
+
+
+def rom_relocation(info: rominfo.RomInfo, base: int) -> sites.Relocation:
+    """get_reloc's answers of the ROM at ``base``, as the live ROM's call table gives them."""
+    return lambda call: (info.relocation(call), base + info.call_table[call]
+                         if info.call_table.get(call) else None)
 
 
 def _hex(m: re.Match[str], group: str) -> int:
@@ -273,7 +288,9 @@ def test_target_without_a_rom(built: Built, tmp_path: Path) -> None:
         t.stop()
     errors = error_lines(s)
     assert any(e.startswith("no VMI ROM found") for e in errors), errors
-    assert s["sites"].count("unchanged native") == 38
+    # No ROM: Linux runs natively, so every site keeps its native code, and that is right.
+    assert s["sites"].count("unchanged") == 38
+    assert "sites=38 native=38;" in s["sites"] and "Linux's rule: ok=38 WRONG=0" in s["sites"]
     assert "no VMI ROM found" in s["sites"]
 
 
@@ -282,14 +299,16 @@ def test_inplace_rom_is_found_where_linux_calls_it(built: Built, tmp_path: Path)
     try:
         s = gdb_session(built, t.port, [
             ("brk", "break test_irq_flags"), ("run", "continue"),
-            ("rom", "vmi rom"), ("sites", "vmi sites --call CPUID"),
+            ("rom", "vmi rom"), ("sites", "vmi sites --call GetInterruptMask"),
         ])
     finally:
         t.stop()
     info = rominfo.parse_rom(built.rom.read_bytes())
     assert "in place (Linux's scan through PAGE_OFFSET + phys); the guest's vmi.base" in s["rom"]
     assert re.search(r"0xc00c0000 │ 0xc0000 .* active", s["rom"])
-    assert f"call CPUID entry {0xC00C0000 + info.call_table[VmiCall.CPUID]:#x}" in s["sites"]
+    entry = 0xC00C0000 + info.call_table[VmiCall.GetInterruptMask]
+    assert f"pv_irq_ops.save_fl -> GetInterruptMask (CALL_REL) at {entry:#x}" in s["sites"]
+    assert f"call {entry:#x}" in s["sites"] and "WRONG=0" in s["sites"]
 
 
 def test_commands_without_a_target(built: Built) -> None:
@@ -297,7 +316,8 @@ def test_commands_without_a_target(built: Built) -> None:
         ("help", "help vmi"), ("rom", "vmi rom"), ("trace", "vmi trace"),
         ("status", "vmi trace status"), ("debug", "show vmi debug"),
     ])
-    for name in ("rom", "trace", "sites", "decode", "batches", "batch", "pte"):
+    for name in ("rom", "symbols", "trace", "sites", "pvops", "decode", "batches", "batch",
+                 "pte"):
         assert f"vmi {name} -- " in s["help"], name
     errors = error_lines(s)
     assert any(e.startswith("vmi: no live target") for e in errors), errors

@@ -79,7 +79,10 @@ def test_first_500_rom_calls_agree_on_both_paths_and_machines(built: Built,
     for name in ("portable path, stub", "portable path, QEMU"):
         s, _, _ = runs[name]
         assert "recording (portable path)" in s["start"], name
-        assert "watching vmi.base: a ROM the guest copies is hooked when set" in s["start"]
+        if "QEMU" in name:  # at reset SeaBIOS has not placed the ROM: armed at the entry
+            assert "armed at the guest's entry point" in s["start"], s["start"]
+        else:  # the stub maps the ROM from the first instruction
+            assert "watching vmi.base: a ROM the guest copies is hooked when set" in s["start"]
         assert re.search(r"source\s+portable", s["status"]) and \
             re.search(r"errors\s+0\b", s["status"]), s["status"]
     # QEMU starts at the reset vector (the firmware has not run), the stub at the kernel entry:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import Built, run_qemu
 
-from vmigdb import abi
+from vmigdb import abi, decode, sites
 from vmigdb.abi import VmiCall
 
 SUMMARY = re.compile(
@@ -23,6 +23,8 @@ SUMMARY = re.compile(
 #: Calls the guest deliberately does not run: they stop or reset the machine (Halt needs a
 #: wake-up interrupt), or fault under TCG (RDPMC: QEMU raises #UD).
 NOT_RUN = {VmiCall.Halt, VmiCall.Reboot, VmiCall.Shutdown, VmiCall.RDPMC}
+#: ``call *disp32`` (FF /2 with a 32-bit displacement): Linux's PVOP_CALL site.
+INDIRECT_CALL = b"\xff\x15"
 
 
 def exit_codes(repo: Path) -> dict[str, int]:
@@ -86,9 +88,31 @@ def test_inplace_mode_does_not_batch(inplace_run: str) -> None:
     assert "vmi: rom batch seq=0, model predicts 0" in inplace_run
 
 
-def test_both_modes_make_the_same_calls(copy_run: str, inplace_run: str) -> None:
+def _records(built: Built, tmp_path: Path) -> list[tuple[int, int, int, bytes]]:
+    """(addr, type, len, native bytes) of every .parainstructions record of guest.elf."""
+    raw = tmp_path / "pi.bin"
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".parainstructions", str(built.guest),
+                    str(raw)], check=True)
+    data = raw.read_bytes()
+    assert data and len(data) % 8 == 0
+    text = sites.ElfImage(built.guest.read_bytes())
+    out = []
+    for off in range(0, len(data), 8):
+        addr = int.from_bytes(data[off:off + 4], "little")
+        out.append((addr, data[off + 4], data[off + 5], text.read(addr, data[off + 5])))
+    return out
+
+
+def test_both_modes_make_the_same_calls(built: Built, copy_run: str, inplace_run: str,
+                                        tmp_path: Path) -> None:
     a, b = summary(copy_run), summary(inplace_run)
-    assert int(a["sites"]) > 0 and a["sites"] == a["patched"]
+    # Linux's vmi_patch rule: the sites holding native code inline (the interrupt-flag ops,
+    # iret, irq_enable_sysexit) become ROM calls; the pv-op call sites ("call *op") stay.
+    inline = [r for r in _records(built, tmp_path) if r[3][:2] != INDIRECT_CALL]
+    assert int(a["sites"]) == len(_records(built, tmp_path)) > int(a["patched"]) == len(inline) > 0
+    m = re.search(r"^vmi: patch sites=(\d+) call=(\d+) nop=0 native=(\d+)$", copy_run,
+                  re.MULTILINE)
+    assert m and int(m[1]) == int(m[2]) + int(m[3]) and m[2] == a["patched"], copy_run
     assert (a["sites"], a["patched"], a["calls"]) == (b["sites"], b["patched"], b["calls"])
     assert calls_line(copy_run) == calls_line(inplace_run)
 
@@ -138,20 +162,27 @@ def test_rdpmc_faults_under_tcg(built: Built) -> None:
 
 
 def test_patch_site_records(built: Built, tmp_path: Path) -> None:
-    """Linux's 8-byte .parainstructions records: a VMI call number as type, >= 5 bytes each."""
-    raw = tmp_path / "pi.bin"
-    subprocess.run(["objcopy", "-O", "binary", "-j", ".parainstructions", str(built.guest),
-                    str(raw)], check=True)
-    data = raw.read_bytes()
-    assert data and len(data) % 8 == 0
-    types = set()
-    for off in range(0, len(data), 8):
-        addr = int.from_bytes(data[off:off + 4], "little")
-        types.add(VmiCall(data[off + 4]))
-        assert data[off + 5] >= 5 and addr >= 0x100000
-    assert {VmiCall.IRET, VmiCall.SYSEXIT, VmiCall.DisableInterrupts,
-            VmiCall.EnableInterrupts, VmiCall.GetInterruptMask,
-            VmiCall.SetInterruptMask} <= types
+    """Linux's 8-byte .parainstructions records: a pv-op slot as type, >= 5 bytes each. A site
+    either holds its native instructions inline (the six slots vmi_patch rewrites) or is
+    Linux's PVOP_CALL, an indirect call through a member of one of the pv_*_ops objects."""
+    syms = {}
+    for ln in subprocess.run(["nm", "-S", str(built.guest)], capture_output=True, text=True,
+                             check=True).stdout.splitlines():
+        parts = ln.split()
+        if len(parts) == 4 and parts[3].startswith("pv_") and parts[3].endswith("_ops"):
+            syms[parts[3]] = (int(parts[0], 16), int(parts[1], 16))
+    assert {"pv_init_ops", "pv_cpu_ops", "pv_irq_ops", "pv_mmu_ops"} <= syms.keys()
+    slots = sum(size for _addr, size in syms.values()) // 4
+    natives = set()
+    for addr, slot, length, native in _records(built, tmp_path):
+        assert length >= 5 and addr >= 0x100000 and 0 <= slot < slots
+        if native[:2] == INDIRECT_CALL:
+            op = int.from_bytes(native[2:6], "little")
+            assert any(a <= op < a + n for a, n in syms.values()), (hex(addr), hex(op))
+        else:
+            insns = decode.disassemble(native, addr)
+            natives.add(insns[0].mnemonic)
+    assert natives == {"cli", "sti", "pushfd", "push", "iretd"}
 
 
 def test_multiboot_header_in_first_8k(built: Built) -> None:

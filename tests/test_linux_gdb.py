@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from conftest import Built, Linux
-from gdbmi import Gdb
 from targets import start_stub
+
+from vmigdb.mi import Gdb
 
 APPEND = "console=ttyS0"
 
@@ -69,11 +70,13 @@ def test_gdb_on_linux(built: Built, linux: Linux, tmp_path: Path) -> None:
     finally:
         g.close()
     # reconnect: the machine waited where the first gdb left it; drive it to the end
-    g = Gdb()
+    g = Gdb(mi_async=False)
     try:
         g.connect(str(linux.vmlinux), t.port, timeout=60)
         assert g.value("$eip") == eip
-        stopped = g.resume(timeout=300)
+        stopped = g.resume(timeout=300)  # the stop at the guest's exit (the stub's catch exit)
+        assert stopped["payload"].get("signal-name") == "SIGTRAP", stopped
+        stopped = g.resume(timeout=60)
         assert stopped["payload"]["reason"] in ("exited-normally", "exited"), stopped
         assert stopped["payload"].get("exit-code", "0") in ("0", "00"), stopped
     finally:

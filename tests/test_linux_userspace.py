@@ -19,7 +19,6 @@ XPASS and fail until the entry goes).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -32,8 +31,11 @@ import pytest
 from conftest import Built
 from linux.initramfs import build_initramfs, probe_names
 
+from vmigdb import debugexit
+from vmigdb.targets import LINUX_KERNEL, linux_dir
+
 REPO = Path(__file__).resolve().parent.parent
-KERNEL_NAME = "bzImage-2.6.32.9-vmi"
+KERNEL_NAME = LINUX_KERNEL
 VMIGDB = str(Path(sys.executable).with_name("vmigdb"))
 QEMU = "qemu-system-i386"
 #: Both machines get the same command line; panic=1 (with --no-reboot / -no-reboot) turns a
@@ -60,15 +62,10 @@ KNOWN_MACHINE_BUGS: dict[str, str] = {
 }
 
 
-def linux_dir() -> Path:
-    """$VMIGDB_LINUX_DIR, else ../shared/linux relative to the repository root."""
-    env = os.environ.get("VMIGDB_LINUX_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "linux"
-
-
-KERNEL = linux_dir() / KERNEL_NAME
+LINUX = linux_dir()
+KERNEL = (LINUX or Path("shared/linux")) / KERNEL_NAME
 pytestmark = pytest.mark.skipif(
-    not KERNEL.is_file(),
+    LINUX is None,
     reason=f"the Linux guest {KERNEL} is absent (set VMIGDB_LINUX_DIR to the folder holding "
            f"{KERNEL_NAME})")
 
@@ -124,19 +121,19 @@ def run_vmigdb(rom: Path, initrd: Path, mib: int) -> Boot:
 
 def run_qemu(initrd: Path, tmp: Path, mib: int = 128) -> Boot:
     """Boot under QEMU (TCG, qemu32 without APIC, as vmigdb's CPU model; no VMI ROM, so the
-    kernel runs natively); the guest's code is QEMU's status >> 1 when its low bit is set."""
+    kernel runs natively); the guest's code comes from QEMU's status (vmigdb.debugexit)."""
     log = tmp / "qemu-serial.log"
     argv = [QEMU, "-nodefaults", "-accel", "tcg,thread=single", "-m", str(mib),
             "-cpu", "qemu32,-apic", "-display", "none", "-no-reboot",
             "-kernel", str(KERNEL), "-initrd", str(initrd), "-append", CMDLINE,
-            "-serial", f"file:{log}", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+            "-serial", f"file:{log}", "-device", debugexit.QEMU_DEVICE]
     try:
         r = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT,
                            check=False)
     except subprocess.TimeoutExpired:
         text = log.read_bytes().decode(errors="replace")[-4000:] if log.exists() else ""
         pytest.fail(f"QEMU still running after {TIMEOUT}s; serial:\n{text}")
-    code = r.returncode >> 1 if r.returncode > 0 and r.returncode & 1 else None
+    code = debugexit.guest_code(r.returncode)
     return Boot(code, log.read_bytes() if log.exists() else b"")
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from conftest import REPO
 
-GDB = "/usr/bin/gdb"
+from vmigdb.mi import GDB
+
 LOADER = REPO / "vmigdb.py"
 #: The issue's subcommands; the tests expect exactly the ``vmi X`` commands commands/ defines.
 ISSUE_SUBCOMMANDS = {"batch", "batches", "decode", "pte", "rom", "sites", "trace"}

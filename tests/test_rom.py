@@ -4,13 +4,14 @@ good and bad images."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import capstone
 import pytest
 
-from vmigdb import abi, rominfo
+from vmigdb import abi, rominfo, romsyms, sites
 from vmigdb.abi import VmiCall
 from vmigdb.errors import BuildError, RomError
 from vmigdb.rom import build
@@ -133,6 +134,37 @@ def test_call_table_is_the_identity_rom_calls(image: bytes, symbols: dict[str, i
             assert entry == 0, call.name
     for timer in range(VmiCall.GetCycleFrequency, VmiCall.WallclockUpdated + 1):
         assert VmiCall(timer) not in abi.IDENTITY_ROM_CALLS
+
+
+def _fdes(elf: Path) -> list[tuple[int, int]]:
+    """(start, end) of every FDE in the ELF's call-frame information (readelf's reading)."""
+    out = subprocess.run(["readelf", "--debug-dump=frames", str(elf)], capture_output=True,
+                         text=True, check=True).stdout
+    return [(int(a, 16), int(b, 16)) for a, b in re.findall(r"FDE .* pc=([0-9a-f]+)\.\.([0-9a-f]+)",
+                                                          out)]
+
+
+def test_entries_are_named_and_unwindable(built: Path, image: bytes,
+                                          symbols: dict[str, int]) -> None:
+    """Every call's entry is romsyms.entry_symbol(call) (what `break` takes), every 32-bit
+    routine has call-frame information covering it (gdb unwinds out of any instruction of an
+    entry), and that information lives only in the ELF: the image is its allocated bytes."""
+    elf = sites.ElfImage(built.with_suffix(".elf").read_bytes())
+    assert romsyms.check_elf(elf, image) is None
+    assert romsyms.entry_symbols(elf) == {romsyms.entry_symbol(c): symbols[f"vmi_{c.name}"]
+                                          for c in abi.IDENTITY_ROM_CALLS}
+    assert elf.section(".debug_frame") is not None and elf.section(".eh_frame") is None
+    fdes = _fdes(built.with_suffix(".elf"))
+    routines = {romsyms.entry_symbol(c) for c in abi.IDENTITY_ROM_CALLS} | {
+        "rom_vmi_init", "rom_get_reloc", "rom_flush", "rom_pte_update",
+        "rom_vmi_init_jump", "rom_get_reloc_jump"}
+    for name in routines:
+        assert any(lo <= symbols[name] < hi for lo, hi in fdes), name
+    # A ROM whose code differs from the ELF's is refused (the symbols would be off).
+    changed = bytearray(image)
+    at = symbols["vmi_SetPxE"]
+    changed[at] ^= 0xFF
+    assert "differs at offset" in (romsyms.check_elf(elf, bytes(changed)) or "")
 
 
 def test_rebuild_gives_identical_bytes(built: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import pytest
 from vmigdb import abi, rominfo
 from vmigdb.abi import Clobbers, FlushTrigger, TlbAction, VmiCall, VmiRelocation
 from vmigdb.stub.machine import Machine, Stop, StopReason
+from vmigdb.x86 import CR4_PGE, CR4_PSE
 
 ASM = Path(__file__).parent / "asm"
 RAM_SIZE = 16 << 20
@@ -59,7 +60,6 @@ EF_CF, EF_TF, EF_IF, EF_DF, EF_IOPL, EF_NT = 0x1, 0x100, 0x200, 0x400, 0x3000, 0
 EF_RF, EF_VM, EF_AC, EF_ID = 1 << 16, 1 << 17, 1 << 18, 1 << 21
 SYSTEM_FLAGS = EF_TF | EF_IF | EF_DF | EF_IOPL | EF_NT | EF_RF | EF_VM | EF_AC | EF_ID
 CR0_MP, CR0_TS = 0x2, 0x8
-CR4_PSE, CR4_PGE = 0x10, 0x80
 PORT_KBC, PORT_POST, PORT_EXIT = 0x64, 0x80, 0xF4
 
 GPRS = ("eax", "ecx", "edx", "ebx", "esi", "edi", "ebp", "esp")

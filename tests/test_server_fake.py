@@ -5,11 +5,8 @@ One test drives real gdb against it to check gdb accepts the target description 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -17,7 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 from fakemachine import CODE, DATA, ROM_BASE, ROM_SIZE, FakeMachine
+from targets import gdb_batch
 
+from vmigdb import x86
 from vmigdb.stub import rsp, target
 from vmigdb.stub.lobby import Limits
 from vmigdb.stub.machine import MachineInterface
@@ -341,17 +340,24 @@ def test_ctrl_c_right_behind_the_continue_is_not_lost(stub: tuple[Server, FakeMa
     assert _parse_stop(gdb.packet())[0] == 2
 
 
-@pytest.mark.parametrize(("op", "expected"), [(0xE6, b"W05"), (0x0F, b"T04"), (0xF4, b"T05")])
+@pytest.mark.parametrize(("op", "expected"), [(0xE6, b"T05"), (0x0F, b"T04"), (0xF4, b"T05")])
 def test_exit_fault_halt(stub: tuple[Server, FakeMachine], gdb: Client, op: int,
                          expected: bytes) -> None:
     server, machine = stub
     machine.mem[CODE + 1] = op
-    machine.regs["eax"] = 2
+    machine.regs["eax"] = 5
     reply = gdb.ask(b"vCont;c")
     assert reply.startswith(expected), reply
     if op != 0xE6:
         assert ("invalid opcode" if op == 0x0F else "hlt with IF=0") in gdb.console
         return
+    # The exit is a stop first (as `catch exit` would make): the code in the console, the
+    # machine still there to inspect; `?` says the same; the next resume ends the guest.
+    assert "the guest exited with code 0x5 (QEMU status 11)" in gdb.console
+    assert _parse_stop(reply)[1]["08"] == _reg_hex("eip", CODE + 1)
+    assert gdb.ask(b"m%x,1" % (CODE + 1)) == b"e6"
+    assert gdb.ask(b"?").startswith(b"T05")
+    assert gdb.ask(b"vCont;c") == b"W05"
     # after an exit the next gdb gets a fresh machine
     gdb.close()
     _wait(lambda: not server._busy, "the session to end")
@@ -482,17 +488,8 @@ def test_real_gdb_accepts_description_and_layout(stub: tuple[Server, FakeMachine
             "p/x $cr0", "p $xmm0.v4_int32", "p/x $eflags", "p $st0", "p $fop",
             f"x/4xw {DATA:#x}", "maint print remote-registers", "stepi", "p/x $pc",
             f"break *{CODE + 8:#x}", "continue", "p/x $pc", "monitor info registers", "detach"]
-    args = ["/usr/bin/gdb", "-batch", "-nx"]
-    for c in cmds:
-        args += ["-ex", c]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    res = gdb_batch(cmds)
+    out = res.stdout
     assert "Remote 'g' packet reply" not in out and "Truncated" not in out, out
     assert re.search(r"^eax\s+0x2badb002", out, re.MULTILINE), out
     assert re.search(r"^eflags\s+0x202\s+\[ IF \]", out, re.MULTILINE), out
@@ -507,7 +504,7 @@ def test_real_gdb_accepts_description_and_layout(stub: tuple[Server, FakeMachine
     assert "Breakpoint 1, 0x00001008" in out and "= 0x1008" in out, out
     assert "EAX=2badb002" in out
     assert "Detaching from program" in out or "detached" in out.lower(), out
-    assert proc.returncode == 0, out
+    assert res.returncode == 0, out
 
 
 def test_monitor_info_mem_and_tlb_walk_the_page_tables(stub: tuple[Server, FakeMachine],
@@ -517,7 +514,7 @@ def test_monitor_info_mem_and_tlb_walk_the_page_tables(stub: tuple[Server, FakeM
     machine.mem[pd + 4 * 0x300 : pd + 4 * 0x301] = (table | 0x3).to_bytes(4, "little")
     machine.mem[table : table + 8] = (0x5000 | 0x23).to_bytes(4, "little") + \
         (0x6000 | 0x1).to_bytes(4, "little")
-    machine.regs.update(cr0=0x80000011, cr3=pd, cr4=0x10)
+    machine.regs.update(cr0=x86.CR0_PG | x86.CR0_ET | x86.CR0_PE, cr3=pd, cr4=x86.CR4_PSE)
     assert gdb.monitor("info mem") == (b"OK", ("00000000c0000000-00000000c0001000 0000000000001000 -rw\n"
                                                "00000000c0001000-00000000c0002000 0000000000001000 -r-\n"))
     assert gdb.monitor("info tlb") == (b"OK", ("00000000c0000000: 0000000000005000 ----A---W\n"

@@ -17,7 +17,6 @@ import errno
 import os
 import re
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Built
+from targets import gdb_batch
 
 from vmigdb.mi import die_with_parent
 from vmigdb.stub import rsp
@@ -480,19 +480,7 @@ def test_a_failing_G_changes_no_register(stubs) -> None:
 
 
 def _gdb_batch(port: int, commands: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    args = ["/usr/bin/gdb", "-batch", "-nx", "-ex", "set architecture i386",
-            "-ex", f"target remote 127.0.0.1:{port}"]
-    for c in commands:
-        args += ["-ex", c]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(args, proc.returncode, out, "")
+    return gdb_batch(["set architecture i386", f"target remote 127.0.0.1:{port}", *commands])
 
 
 def test_real_gdb_prints_only_the_monitor_message(stubs) -> None:

@@ -70,3 +70,13 @@ def test_arbitrary_text_never_crashes(junk: str) -> None:
         trace.read_trace(io.StringIO(_text(_sample()) + junk))
     except TraceFormatError as e:
         assert e.line is not None
+
+
+@pytest.mark.parametrize("line", [
+    '{"seq":' + "9" * 5000 + ',"type":"lazy","old":0,"new":1}',  # past int's 4,300 digits
+    '{"seq":3,"type":"lazy","old":' + "[" * 100_000 + "]" * 100_000 + "}",  # past recursion
+])
+def test_numbers_and_nesting_json_cannot_hold_are_bad_lines(line: str) -> None:
+    with pytest.raises(TraceFormatError) as e:
+        trace.read_trace(io.StringIO(_text(_sample()) + line + "\n"))
+    assert e.value.line == 7 and "not a JSON object" in str(e.value)

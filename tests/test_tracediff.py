@@ -1,4 +1,5 @@
-"""``vmigdb.tracediff`` and ``vmigdb diff``: where two traces diverge, what is ignored, exit codes."""
+"""``vmigdb.tracediff`` and ``vmigdb diff``: where two traces diverge, every differing region
+after realignment, what is ignored, exit codes; streamed over real traces of the demo guest."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pytest
+from conftest import Built
+from tracefiles import chunk_of, record
+
+from vmigdb import events as ev
 from vmigdb import trace as tr
 from vmigdb import tracediff
+from vmigdb.tracefile import write_chunks
 
 VMIGDB = Path(sys.executable).with_name("vmigdb")
 
@@ -52,6 +60,11 @@ def test_first_difference_has_context_and_counts() -> None:
     assert d.context_start == 4 and len(d.context_a) == 3 and len(d.context_b) == 4
     assert [(c.name, c.a, c.b) for c in d.calls] == [("InvalPage", 0, 1)]
     assert [(c.name, c.a, c.b) for c in d.types] == [("call", 4, 5)]
+    # Realigned: B inserted one event; the SetLazyMode after it matches again.
+    (r,) = d.regions
+    assert (r.a_start, r.a_len, r.b_start, r.b_len) == (6, 0, 6, 1)
+    assert r.b_events == (b[6],) and r.what == "B has 1 event A lacks"
+    assert [x for x, _ in r.before] == a[4:6] and [y for _, y in r.after] == [b[7]]
 
 
 def test_a_prefix_differs_where_it_ends() -> None:
@@ -97,12 +110,107 @@ def test_cli_exit_codes_and_output(tmp_path: Path) -> None:
     differ = subprocess.run([str(VMIGDB), "diff", str(a), str(c)], capture_output=True,
                             text=True, env=env, check=False)
     assert differ.returncode == 1
-    assert "the traces differ at event 6 (fields args, call, entry, site differ)" in differ.stdout
-    assert "call InvalPage va=0x1000" in differ.stdout
+    assert "the traces differ in 1 region, the first at event 6" in differ.stdout
+    assert f"A: {a}: 7 events, 0 in the regions" in differ.stdout
+    assert f"B: {c}: 8 events, 1 in the regions" in differ.stdout
+    assert "region 1: A none (at 6), B 6: B has 1 event A lacks" in differ.stdout
+    assert re.search(r"│ \+ │\s+│\s+│\s+6 │ call InvalPage va=0x1000", differ.stdout), differ.stdout
     assert re.search(r"│ InvalPage\s+│\s+0 │\s+1 │\s+\+1 │", differ.stdout), differ.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text(a.read_text().replace('"type":"lazy"', '"type":"lazzy"'))
     err = subprocess.run([str(VMIGDB), "diff", str(a), str(bad)], capture_output=True,
                          text=True, env=env, check=False)
     assert err.returncode == 2
-    assert err.stderr.strip() == "vmigdb: line 6: bad event: unknown event type 'lazzy'"
+    assert err.stderr.strip() == f"vmigdb: {bad}: line 6: bad event: unknown event type 'lazzy'"
+
+
+# --- realignment over real traces -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(built: Built, tmp_path_factory: pytest.TempPathFactory) -> ev.Chunk:
+    """A whole demo-guest run with stress (tens of thousands of events), as columns."""
+    path = tmp_path_factory.mktemp("diff") / "run.vmt"
+    record(built.guest, built.rom, path, cmdline="stress=3")
+    return chunk_of(path)
+
+
+def _edited(c: ev.Chunk, keep: np.ndarray) -> ev.Chunk:
+    """The events at ``keep`` (positions, in any order, repeats allowed) as a trace of their
+    own: seqs renumbered from 1000, each return as far from its call as before."""
+    events = list(ev.to_events(c))
+    out = []
+    for n, k in enumerate(keep.tolist()):
+        e = events[k]
+        e = replace(e, seq=1000 + n)
+        if isinstance(e, tr.RomReturn):
+            e = replace(e, call_seq=e.seq - (events[k].seq - events[k].call_seq))
+        out.append(e)
+    return ev.from_events(out)
+
+
+def _pieces(c: ev.Chunk, size: int) -> list[ev.Chunk]:
+    return [c.select(slice(k, k + size)) for k in range(0, len(c), size)]
+
+
+def test_inserted_and_removed_regions_are_each_reported(demo: ev.Chunk, tmp_path: Path) -> None:
+    n = len(demo)
+    assert n > 20_000
+    removed = slice(3000, 3040)  # 40 events of A that B lacks
+    inserted = np.arange(500, 525)  # 25 events B has again, further on
+    keep = np.r_[np.arange(0, removed.start), np.arange(removed.stop, 12_000), inserted,
+                 np.arange(12_000, n)]
+    b = _edited(demo, keep)
+    # Chunks of different sizes on the two sides: the comparison must not care.
+    d = tracediff.diff_chunks(_pieces(demo, 4096), _pieces(b, 1000), context=2)
+    assert not d.equivalent and d.region_count == 2, d.regions
+    first, second = d.regions
+    assert (first.a_start, first.a_len, first.b_start, first.b_len) == (3000, 40, 3000, 0)
+    assert first.what == "A has 40 events B lacks"
+    assert (second.a_start, second.a_len, second.b_start, second.b_len) == (
+        12_000, 0, 12_000 - 40, 25)
+    assert second.what == "B has 25 events A lacks"
+    assert (d.len_a, d.len_b, d.differing_a, d.differing_b) == (n, n - 15, 40, 25)
+    # The same two traces through the command, as files.
+    pa, pb = tmp_path / "a.vmt", tmp_path / "b.vmt"
+    write_chunks(pa, [demo], producer="test")
+    write_chunks(pb, [b], producer="test")
+    r = subprocess.run([str(VMIGDB), "diff", str(pa), str(pb)], capture_output=True, text=True,
+                       env={"COLUMNS": "200", "NO_COLOR": "1", "PATH": "/usr/bin:/bin"},
+                       check=False)
+    assert r.returncode == 1, r.stderr
+    assert "the traces differ in 2 regions, the first at event 3000" in r.stdout
+    assert "region 1: A 3000-3039, B none (at 3000): A has 40 events B lacks" in r.stdout
+    assert "region 2: A none (at 12000), B 11960-11984: B has 25 events A lacks" in r.stdout
+
+
+def test_changed_values_are_one_event_regions_and_the_rest_matches(demo: ev.Chunk) -> None:
+    b = _edited(demo, np.arange(len(demo)))
+    ptes = np.flatnonzero(b["kind"] == ev.Kind.PTE)[[10, 500, 501, 2000]]
+    b.cols["new"] = b["new"].copy()
+    b.cols["new"][ptes] ^= 0x1000
+    d = tracediff.diff_chunks(_pieces(demo, 3000), _pieces(b, 5000))
+    spans = [(r.a_start, r.a_len, r.b_start, r.b_len) for r in d.regions]
+    # Neighbouring changes may fall into one region; every change is in one, nothing else is.
+    assert sum(r.a_len for r in d.regions) == sum(r.b_len for r in d.regions) <= 6
+    changed = {int(p) for p in ptes}
+    assert changed <= {a + k for a, n, _, _ in spans for k in range(n)}
+    assert all(r.a_start == r.b_start for r in d.regions)
+    one = [r for r in d.regions if r.a_len == 1]
+    assert one and all(r.fields == ("new",) for r in one)
+    assert d.calls == () and d.types == ()
+
+
+def test_a_long_stream_compares_in_bounded_memory() -> None:
+    """Equal traces many windows long: the comparison keeps a window, not the trace."""
+    base = ev.from_events(_trace())
+    rows = base.rows()
+    chunks = []
+    for k in range(200):  # 200 chunks of 7 events repeated: 1,400 events, small but many
+        c = ev.Chunk.from_rows(rows.copy(), base.entries)
+        c.cols["seq"] = c["seq"] + k * 100
+        c.cols["link"] = np.where(c["kind"] == ev.Kind.RETURN, c["link"] + k * 100, 0).astype(
+            np.uint64)
+        chunks.append(c)
+    d = tracediff.diff_chunks(iter(chunks), iter(list(chunks)))
+    assert d.equivalent and d.len_a == d.len_b == 1400

@@ -224,6 +224,34 @@ def test_a_reader_that_falls_behind_learns_exactly_what_it_lost(built: Built) ->
     assert kept == whole[st["dropped"]:]
 
 
+def test_a_reader_that_keeps_up_loses_nothing_at_the_bound(built: Built) -> None:
+    """Past its bound the stub drops only the oldest part of its raw log: a reader that reads
+    between runs (gdb at each stop) decodes every event from the log itself, across many
+    bounds, exactly as a reader of the unbounded log."""
+    from vmigdb import events as ev
+    from vmigdb.rawtrace import RawDecoder
+    from vmigdb.sites import ElfImage
+
+    m = Machine.from_files(str(built.guest), rom=str(built.rom), cmdline="stress=20")
+    t = VmiTracer(m, capacity=10_000, log_limit=1 << 20)
+    t.start()
+    symbols = ElfImage(built.guest.read_bytes()).symbols()
+    m.add_breakpoint(next(a for a, _s, n in symbols if n == "pt_workload"))
+    decoder, offset, got = RawDecoder(), 0, []
+    while True:
+        stop = m.run()
+        base, data = t.raw(offset, 1 << 30)
+        assert base <= offset, "a reader that kept up found bytes gone"
+        got += ev.to_events(decoder.feed(data))
+        offset += len(data)
+        if stop.reason is not StopReason.BREAKPOINT:
+            break
+    assert stop.reason is StopReason.EXIT and t.raw(0, 0)[0] > 0  # the log was bounded
+    calm, _ = _boot(built, "stress=20")
+    _, raw = calm.raw(0, 1 << 30)
+    assert got == list(ev.to_events(RawDecoder().feed(raw)))
+
+
 def test_a_machine_reset_starts_a_fresh_trace(built: Built) -> None:
     """monitor reset (or gdb's kill): the trace starts again from seq 0 with the next run's
     events, the call counter too, and a reader of the raw log sees only the new run."""

@@ -648,10 +648,17 @@ def _is_sigtrap(rec: mi.Record) -> bool:
     return p.get("reason") == "signal-received" and p.get("signal-name") == "SIGTRAP"
 
 
+#: The console line vmigdb's stub prints with the stop it reports at the guest's exit (a T05,
+#: as gdb's ``catch exit`` would stop; the next continue would end the guest with ``W``).
+_STUB_EXIT = re.compile(r"the guest exited with code (0x[0-9a-fA-F]+)")
+
+
 def _ended(rec: mi.Record, target: targets.Target, until_bp: str | None, until: Until,
            console: list[str], interrupting: bool = False
            ) -> tuple[str, int | None, str] | None:
-    """What a stop means: the end (status, code, message), or None to go on."""
+    """What a stop means: the end (status, code, message), or None to go on. vmigdb's stub
+    stops at the guest's exit first (SIGTRAP, the code in its console line): that is the end,
+    with the guest left at its exit while the trace file is closed."""
     if mi.connection_closed(rec):  # QEMU: the guest wrote isa-debug-exit (or QEMU died)
         try:
             target.proc.wait(10)
@@ -664,6 +671,11 @@ def _ended(rec: mi.Record, target: targets.Target, until_bp: str | None, until: 
         return "exited", code, f"the guest exited with code {code:#x}"
     p = rec.get("payload") or {}
     reason = p.get("reason", "")
+    if reason == "signal-received" and p.get("signal-name") == "SIGTRAP":
+        said = _STUB_EXIT.findall("".join(console))
+        if said and target.kind == "stub":
+            code = int(said[-1], 16)
+            return "exited", code, f"the guest exited with code {code:#x}"
     if reason == "exited-normally":
         return "exited", 0, "the guest exited with code 0x0"
     if reason == "exited":

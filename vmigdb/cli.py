@@ -12,11 +12,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import vmigdb
+from vmigdb.ctrlc import EXIT_INTERRUPTED, CtrlC
 from vmigdb.errors import VmiError
 
 EXIT_OK = 0
 EXIT_GUEST_FAILED = 1
 EXIT_USAGE = 2
+DEFAULT_PORT = 1234
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,24 +58,44 @@ def _machine(args: argparse.Namespace):  # -> vmigdb.stub.machine.Machine
     return machine
 
 
+def _write_stdout(data: bytes) -> None:
+    """The guest's COM1 output to stdout. Once stdout's reader has gone (``| head -1``), stdout
+    becomes /dev/null (so nothing fails again, not even the flush at exit) and the OSError goes
+    to the machine, which drops the output from then on and says so once on stderr."""
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+        raise
+
+
+def _interrupted(pc: int) -> int:
+    print(f"vmigdb: interrupted (Ctrl-C) at eip {pc:#x}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from vmigdb.linuxlog import PANIC_GRACE_NS, ConsoleWatch
     from vmigdb.stub.machine import StopReason
 
     machine = _machine(args)
-    out = sys.stdout.buffer
     watch = ConsoleWatch()
 
     def serial(data: bytes) -> None:
-        out.write(data)
-        out.flush()
         if watch.feed(data):
             machine.set_alarm(PANIC_GRACE_NS)  # let it print its stack dump, then end
+        _write_stdout(data)
 
     machine.on_serial = serial
-    stop = machine.run()
-    while stop.reason in (StopReason.BREAKPOINT, StopReason.HOOK, StopReason.WATCHPOINT):
+    with CtrlC(machine.interrupt) as ctrl_c:
         stop = machine.run()
+        while stop.reason in (StopReason.BREAKPOINT, StopReason.HOOK, StopReason.WATCHPOINT):
+            stop = machine.run()
+    if stop.reason is StopReason.INTERRUPTED and ctrl_c.pressed:
+        return _interrupted(stop.pc)
     if stop.reason is StopReason.EXIT:
         code = stop.exit_code or 0
         return code if 0 <= code <= 255 else 255
@@ -90,9 +113,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_GUEST_FAILED
 
 
+def _listen_warning(host: str) -> str | None:
+    """A warning when ``--listen`` is not a loopback address: the stub has no authentication."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        loopback = all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+    except (OSError, ValueError):
+        return None  # the listener says what is wrong with it
+    if loopback:
+        return None
+    return (f"vmigdb: warning: listening on {host}, not on a loopback address: anyone who can "
+            "reach it controls the machine (its memory, its registers, the guest)")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from vmigdb.stub.monitor import default_table
-    from vmigdb.stub.server import PacketLog, serve
+    from vmigdb.stub.server import PacketLog, Server, host_port
     from vmigdb.stub.vmitrace import VmiTracer, queries, register_monitor
 
     packet_log = None
@@ -111,26 +150,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.trace:
         tracer.start()
     register_monitor(monitor, tracer)
-    out = sys.stdout.buffer
-
-    def serial(data: bytes) -> None:
-        out.write(data)
-        out.flush()
-
-    machine.on_serial = serial
+    machine.on_serial = _write_stdout
+    warning = _listen_warning(args.listen)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     def ready(port: int) -> None:
-        print(f"vmigdb: gdb stub listening on {args.listen}:{port} "
-              f"(gdb: target remote {args.listen}:{port})", file=sys.stderr, flush=True)
+        where = host_port(args.listen, port)
+        print(f"vmigdb: gdb stub listening on {where} (gdb: target remote {where})",
+              file=sys.stderr, flush=True)
 
     try:
-        serve(machine, host=args.listen, port=args.port, ready=ready, monitor=monitor,
-              queries=queries(tracer), packet_log=packet_log)
-    except OSError as e:
-        raise VmiError(f"cannot listen on {args.listen}:{args.port}: {e.strerror}") from None
+        server = Server(machine, host=args.listen, port=args.port, ready=ready, monitor=monitor,
+                        queries=queries(tracer), packet_log=packet_log)
+
+        def stop() -> None:
+            machine.interrupt()
+            server.stop()
+
+        with CtrlC(stop) as ctrl_c:
+            server.serve_forever()
+        if tracer.sink is not None:  # a trace file still open: finish it, never leave it cut
+            tracer.close_file(status="interrupted" if ctrl_c.pressed else "stopped")
     finally:
         if packet_log is not None:
             packet_log.close()
+    if ctrl_c.pressed:
+        print("vmigdb: interrupted (Ctrl-C): the stub has stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 
@@ -163,51 +210,85 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_GUEST_FAILED
 
 
-def _read_trace(path: str):  # -> vmigdb.trace.Trace
-    """Read a trace; a cut end is one warning line on stderr, not an error."""
-    from vmigdb import trace as tr
-
-    t = tr.read_trace(path)
-    warning = tr.cut_warning(t, path)
-    if warning:
-        print(f"vmigdb: {warning}", file=sys.stderr)
-    return t
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
-    import json
-
-    from vmigdb import perfetto, report
+    from vmigdb import tracecmds
     from vmigdb.views import console
 
-    t = _read_trace(args.trace)
-    elf = report.load_elf(args.elf or t.meta.get("guest"))
-    view = report.render_report(t, name=args.trace, elf=elf, top_sites=args.sites)
-    console.make_console().print(view)
-    written = report.export(view, html=args.html, svg=args.svg,
-                            title=f"vmigdb report: {Path(args.trace).name}")
-    if args.perfetto:
-        try:
-            with open(args.perfetto, "w", encoding="utf-8") as f:
-                json.dump(perfetto.chrome_trace(t), f, separators=(",", ":"))
-        except OSError as e:
-            raise VmiError(f"cannot write {args.perfetto}: {e.strerror}") from None
-        written.append(args.perfetto)
-    for path in written:
-        print(f"vmigdb: wrote {path}", file=sys.stderr)
+    tracecmds.report(tracecmds.ReportOptions(
+        args.trace, elf=args.elf, sites=args.sites, batches=args.batches, html=args.html,
+        svg=args.svg, png=args.png, perfetto=args.perfetto, partial=args.partial),
+        console.make_console())
     return EXIT_OK
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from vmigdb import tracediff
+    from vmigdb import tracecmds
     from vmigdb.views import console
-    from vmigdb.views.diff import render_diff
 
-    a, b = _read_trace(args.a), _read_trace(args.b)
-    d = tracediff.diff(a.events, b.events, context=args.context, strict=args.strict,
-                       relative=args.relative)
-    console.make_console().print(render_diff(d, args.a, args.b))
-    return EXIT_OK if d.equivalent else EXIT_GUEST_FAILED
+    same = tracecmds.diff(tracecmds.DiffOptions(
+        args.a, args.b, context=args.context, strict=args.strict, relative=args.relative,
+        regions=args.regions, partial=args.partial), console.make_console())
+    return EXIT_OK if same else EXIT_GUEST_FAILED
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vmigdb import tracecmds
+
+    tracecmds.export(args.trace, parquet=args.parquet, jsonl=args.jsonl,
+                     perfetto=args.perfetto, partial=args.partial)
+    return EXIT_OK
+
+
+def _cmd_gdb_script(args: argparse.Namespace) -> int:
+    from vmigdb import resources
+
+    print(resources.gdb_script())
+    return EXIT_OK
+
+
+def _cmd_demo_guest(args: argparse.Namespace) -> int:
+    from vmigdb import resources
+
+    print(resources.demo_guest())
+    return EXIT_OK
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A command given without its subcommand: its usage and subcommands, exit code 2."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    return show
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (no upper bound when high is None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low or high is not None and value > high:
+            span = f"{low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be {span} (got {value})")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
 
 
 def _memory(text: str) -> int:
@@ -251,7 +332,9 @@ def _machine_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vmigdb", description="Debug VMI-paravirtualized x86 guests from gdb.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"%(prog)s {vmigdb.__version__}")
+    p.set_defaults(func=_usage(p))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot a guest on vmigdb's machine, stream its serial output")
     _machine_arguments(run)
@@ -259,8 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="serve a guest to gdb over the remote protocol")
     _machine_arguments(srv)
-    srv.add_argument("--port", type=int, default=1234, help="TCP port (0: any free port)")
-    srv.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    srv.add_argument("--port", type=_whole(0, 65535), default=DEFAULT_PORT,
+                     help="TCP port (0: any free port; default %(default)s)")
+    srv.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
+                     help="address to listen on (default %(default)s; ::1 for IPv6 loopback; "
+                          "anything but loopback lets whoever reaches it control the machine)")
     srv.add_argument("--trace", action="store_true",
                      help="start the VMI tracer at once (else: monitor vmi trace on)")
     srv.add_argument("--log-packets", metavar="FILE",
@@ -284,53 +370,104 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--until", default="exit",
                      help="exit (default), calls=N (N ROM calls), or a gdb location (SYMBOL)")
     cap.add_argument("--gdb-script", help="gdb commands to source before tracing starts")
-    cap.add_argument("--timeout", type=float, help="give up after this many seconds of run")
+    cap.add_argument("--timeout", type=_seconds, help="give up after this many seconds of run")
     cap.add_argument("--serial", help="write the guest's COM1 output to this file")
     cap.set_defaults(func=_cmd_capture)
 
     rep = sub.add_parser("report", help="show a trace: calls and cost, sites, batches, flags")
     rep.add_argument("trace", help="trace file (vmigdb capture, vmi trace save)")
-    rep.add_argument("--elf", help="guest ELF for symbols and patch records (default: the "
-                                   "trace's guest)")
-    rep.add_argument("--sites", type=int, default=20, help="calling sites to list (0: all)")
-    rep.add_argument("--html", help="also write the report as HTML")
-    rep.add_argument("--svg", help="also write the report as SVG")
-    rep.add_argument("--perfetto", help="write Chrome trace-event JSON for Perfetto")
+    rep.add_argument("--elf", help="ELF for symbols and patch records, vmlinux for Linux "
+                                   "(default: the trace's symbols, else its guest)")
+    rep.add_argument("--sites", type=_whole(0), default=20,
+                     help="calling sites (and tasks) to list (0: all)")
+    rep.add_argument("--batches", type=_whole(0), default=100,
+                     help="lazy-MMU batches to list: the first and last halves (0: all)")
+    rep.add_argument("--html", metavar="FILE",
+                     help="also write the report as one HTML file with interactive charts")
+    rep.add_argument("--svg", metavar="FILE", help="also draw the charts as SVG")
+    rep.add_argument("--png", metavar="FILE", help="also draw the charts as PNG")
+    rep.add_argument("--perfetto", metavar="FILE",
+                     help="also write Chrome trace-event JSON for Perfetto (as export does)")
+    rep.add_argument("--partial", action="store_true",
+                     help="use the complete part of a trace that was cut short")
     rep.set_defaults(func=_cmd_report)
 
     dif = sub.add_parser("diff", help="where two traces diverge (exit 1 when they differ)")
     dif.add_argument("a", help="first trace")
     dif.add_argument("b", help="second trace")
-    dif.add_argument("--context", type=int, default=3, help="events shown around the first "
-                                                            "difference")
+    dif.add_argument("--context", type=_whole(0), default=3,
+                     help="matching events shown around each differing region")
+    dif.add_argument("--regions", type=_whole(0), default=20,
+                     help="differing regions shown with their events (0: all)")
+    dif.add_argument("--partial", action="store_true",
+                     help="use the complete part of a trace that was cut short")
     dif.add_argument("--strict", action="store_true",
                      help="compare clock results (RDTSC...) too")
     dif.add_argument("--relative", action="store_true",
                      help="compare ROM entries as offsets (a ROM at another address)")
     dif.set_defaults(func=_cmd_diff)
 
+    exp = sub.add_parser("export", help="a trace as Parquet, JSON Lines or Perfetto JSON")
+    exp.add_argument("trace", help="trace file (either version)")
+    out = exp.add_mutually_exclusive_group(required=True)
+    out.add_argument("--parquet", metavar="OUT", help="Parquet, one row per event (pandas, "
+                                                      "polars, DuckDB)")
+    out.add_argument("--jsonl", metavar="OUT", help="JSON Lines: the version 1 encoding with "
+                                                    "clock and task")
+    out.add_argument("--perfetto", metavar="OUT", help="Chrome trace-event JSON for "
+                                                       "ui.perfetto.dev (OUT.gz: gzipped)")
+    exp.add_argument("--partial", action="store_true",
+                     help="use the complete part of a trace that was cut short")
+    exp.set_defaults(func=_cmd_export)
+
     rom = sub.add_parser("rom", help="inspect a VMI ROM image")
-    rom_sub = rom.add_subparsers(dest="rom_command", required=True, parser_class=_Parser)
+    rom.set_defaults(func=_usage(rom))
+    rom_sub = rom.add_subparsers(dest="rom_command", metavar="COMMAND", parser_class=_Parser)
     info = rom_sub.add_parser("info", help="print the parsed header, licence, PCI IDs, calls")
     info.add_argument("file")
     info.set_defaults(func=_cmd_rom_info)
+
+    gs = sub.add_parser("gdb-script", help="print the path of vmigdb.py, the gdb loader "
+                                           "(gdb -x \"$(vmigdb gdb-script)\")")
+    gs.set_defaults(func=_cmd_gdb_script)
+    dg = sub.add_parser("demo-guest", help="print the path of the demo guest's ELF (with its "
+                                           "symbols, for gdb)")
+    dg.set_defaults(func=_cmd_demo_guest)
     return p
 
 
+def _exit_at_once(code: int) -> None:
+    """End the process now, its output flushed: after a Ctrl-C nothing is left to write, and the
+    interpreter's teardown (Unicorn freeing guest RAM and its translation cache, module clean-up)
+    took 50-300 ms on a loaded host, past the 100 ms a Ctrl-C may take."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (``argv`` None: the process's own, and a Ctrl-C'd run then ends the
+    process at once; with ``argv``, as from another program, it returns)."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
     except VmiError as e:
         print(f"vmigdb: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # before or after a run (a run itself stops cleanly: CtrlC)
+        print("vmigdb: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    if code == EXIT_INTERRUPTED and argv is None:
+        _exit_at_once(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -153,3 +153,23 @@ def call_target(insn: Insn) -> int | None:
         rel = int.from_bytes(insn.raw[1:5], "little", signed=True)
         return (insn.address + 5 + rel) & 0xFFFFFFFF
     return None
+
+
+def is_nop(insn: Insn) -> bool:
+    """An instruction that does nothing, in any of the encodings patchers pad with: ``nop`` (one
+    byte, ``66 90``, ``0f 1f /0``), and the generic NOPs Linux's add_nops() uses on CPUs without
+    NOPL (``mov esi, esi``, ``lea esi, [esi]``, ``xchg reg, reg``)."""
+    if insn.mnemonic == "nop":
+        return True
+    if insn.mnemonic in ("mov", "xchg", "lea"):
+        parts = [p.strip() for p in insn.op_str.split(",")]
+        if len(parts) == 2:
+            a, b = parts
+            return a == b.strip("[]") if insn.mnemonic == "lea" else a == b
+    return False
+
+
+def is_padding(code: bytes, address: int) -> bool:
+    """True when ``code`` decodes entirely into NOPs (``is_nop``); True for no bytes."""
+    insns = disassemble(code, address)
+    return sum(i.size for i in insns) == len(code) and all(is_nop(i) for i in insns)

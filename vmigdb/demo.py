@@ -17,7 +17,8 @@ from pathlib import Path
 
 from rich.rule import Rule
 
-from vmigdb import targets
+from vmigdb import resources, targets
+from vmigdb.mi import GDB
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ def main() -> int:
             script = tmp / "tour.gdb"
             script.write_text(_gdb_script(stub.port))
             console.print(Rule("gdb with vmigdb loaded, on the stub"))
-            argv = ["gdb", "-nx", "-q", "-x", str(ROOT / "vmigdb.py"), "-x", str(script)]
+            argv = [GDB, "-nx", "-q", "-x", str(resources.gdb_script()), "-x", str(script)]
             if not interactive:
                 argv.insert(1, "-batch")
             else:

@@ -6,14 +6,17 @@ with ``read_response=False``, and the reader polls (``select`` + ``get_gdb_respo
 wait) until the result record with that token arrives: a command costs what gdb needs (~0.3 ms).
 
 Async records (``*stopped``, ``=thread-group-exited``, the "Remote connection closed" log line)
-are queued in arrival order for the caller. gdb is started by this module (not by pygdbmi), so
-it can be told to die with its parent: a capture killed with SIGKILL leaves no gdb behind.
+are queued in arrival order for the caller (``take``, ``wait_stopped``). gdb is started by this
+module (not by pygdbmi), so it can be told to die with its parent: a capture killed with SIGKILL
+leaves no gdb behind. ``capture`` and the tests both drive gdb through this one class; ``GDB``
+is the one place the gdb binary is named.
 """
 
 from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 import select
 import signal
 import subprocess
@@ -27,8 +30,11 @@ from pygdbmi.IoManager import IoManager
 
 from vmigdb.errors import VmiError
 
+#: The gdb every part of vmigdb starts (capture, the demo, the tests, the bench).
 GDB = "gdb"
 _PR_SET_PDEATHSIG = 1
+#: Records kept for error messages (``GdbMiError`` shows the last of them).
+_HISTORY = 60
 
 Record = dict[str, Any]
 
@@ -49,10 +55,13 @@ def die_with_parent() -> None:
 
 @dataclass
 class Result:
-    """A command's result record and the text gdb printed while running it."""
+    """A command's result record and the text gdb printed while running it: ``console`` holds
+    the console and target streams (CLI output, ``monitor`` replies), ``log`` gdb's own
+    messages (warnings, errors)."""
 
     record: Record
     console: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> str:
@@ -64,7 +73,13 @@ class Result:
 
     @property
     def text(self) -> str:
+        """What the command printed (console and target streams)."""
         return "".join(self.console)
+
+    @property
+    def output(self) -> str:
+        """Everything gdb printed for the command, its log stream included."""
+        return self.text + "".join(self.log)
 
     @property
     def error(self) -> str:
@@ -72,15 +87,16 @@ class Result:
 
 
 class Gdb:
-    """One gdb process speaking MI3, in async mode (commands are accepted while the target runs).
+    """One gdb process speaking MI3. ``mi_async`` (the default) accepts commands while the
+    target runs; without it gdb behaves as at a terminal (SIGINT to gdb interrupts the target).
     """
 
-    def __init__(self, args: Sequence[str] = (), *, gdb: str = GDB,
-                 timeout: float = 20.0) -> None:
+    def __init__(self, args: Sequence[str] = (), *, gdb: str = GDB, timeout: float = 20.0,
+                 mi_async: bool = True, cwd: str | None = None) -> None:
         argv = [gdb, "--nx", "--quiet", "--interpreter=mi3", *args]
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, bufsize=0,
+                                         stderr=subprocess.PIPE, bufsize=0, cwd=cwd,
                                          preexec_fn=die_with_parent)  # noqa: PLW1509
         except OSError as e:
             raise GdbMiError(f"cannot start {gdb}: {e.strerror}") from None
@@ -91,8 +107,12 @@ class Gdb:
         self.timeout = timeout
         #: async and stream records not consumed by a command, in arrival order
         self.pending: deque[Record] = deque()
-        for setting in ("confirm off", "pagination off", "width 0", "height 0",
-                        "mi-async on"):
+        #: the last records seen, for error messages
+        self.history: deque[Record] = deque(maxlen=_HISTORY)
+        settings = ["confirm off", "pagination off", "width 0", "height 0"]
+        if mi_async:
+            settings.append("mi-async on")
+        for setting in settings:
             self.ok(f"-gdb-set {setting}")
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -104,7 +124,12 @@ class Gdb:
         records = self._io.get_gdb_response(timeout_sec=0, raise_error_on_timeout=False)
         if not records and self.proc.poll() is not None:
             raise GdbMiError(f"gdb exited with status {self.proc.returncode}")
+        self.history.extend(records)
         return records
+
+    def tail(self) -> str:
+        """The last records gdb sent, one per line (for a failure message)."""
+        return "\n".join(repr(r) for r in self.history)
 
     def send(self, command: str) -> int:
         """Write one MI command with a fresh token; returns the token (no waiting)."""
@@ -116,21 +141,27 @@ class Gdb:
         return token
 
     def result(self, token: int, timeout: float | None = None) -> Result:
-        """Wait for the result record carrying ``token``; console text seen meanwhile is
-        collected into it, everything else is queued in ``pending``."""
+        """Wait for the result record carrying ``token``; stream text seen meanwhile is
+        collected into it, and every other record (those after it too) is queued in
+        ``pending``."""
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         out = Result({})
         while True:
-            for rec in self.poll(deadline - time.monotonic()):
+            records = self.poll(deadline - time.monotonic())
+            for i, rec in enumerate(records):
                 if rec["type"] == "result" and rec.get("token") == token:
                     out.record = rec
+                    self.pending.extend(records[i + 1:])  # e.g. the *stopped after ^running
                     return out
                 if rec["type"] in ("console", "target"):
                     out.console.append(rec.get("payload") or "")
+                elif rec["type"] == "log":
+                    out.log.append(rec.get("payload") or "")
                 self.pending.append(rec)
             if time.monotonic() >= deadline:
-                raise GdbMiError(f"gdb gave no answer to command {token} within {limit:g} s")
+                raise GdbMiError(f"gdb gave no answer to command {token} within {limit:g} s; "
+                                 f"last records:\n{self.tail()}")
 
     def cmd(self, command: str, timeout: float | None = None) -> Result:
         return self.result(self.send(command), timeout)
@@ -156,14 +187,79 @@ class Gdb:
                 return None
         return self.pending.popleft()
 
+    def drain(self) -> list[Record]:
+        """Records that are already there, without waiting (also queued in ``pending``)."""
+        new = self.poll(0.0)
+        self.pending.extend(new)
+        return new
+
+    def wait_stopped(self, timeout: float | None = None) -> Record:
+        """The next ``*stopped`` record; the records queued before it are consumed with it."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            rec = self.take(max(deadline - time.monotonic(), 0.0))
+            if rec is None:
+                raise GdbMiError(f"no *stopped within {limit:g} s; last records:\n"
+                                 f"{self.tail()}")
+            if is_stopped(rec):
+                return rec
+
     def close(self) -> None:
-        """End gdb by its pid (kill: the capture has what it needs; gdb owes nothing)."""
+        """End gdb by its pid (kill: a driver has what it needs; gdb owes nothing)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
+
+    # --- conveniences --------------------------------------------------------------------------
+    def resume(self, command: str = "-exec-continue", timeout: float | None = None) -> Record:
+        """A run command (continue, stepi, ...) and the ``*stopped`` it ends with; a
+        ``*stopped`` still queued from before is dropped first, so it cannot pass for this
+        one."""
+        self.drain()
+        self.pending = deque(r for r in self.pending if not is_stopped(r))
+        res = self.cmd(command, timeout)
+        if res.message not in ("running", "done"):
+            raise GdbMiError(f"{command!r} failed: {res.error or res.record}")
+        return self.wait_stopped(timeout)
+
+    def connect(self, elf: str, port: int, timeout: float | None = None,
+                host: str = "127.0.0.1") -> Record:
+        """``file ELF`` and ``target remote HOST:PORT``; returns the ``*stopped`` gdb reports
+        on connecting."""
+        self.ok(f"-file-exec-and-symbols {quote(elf)}")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.ok(f"-target-select remote {address}", timeout)
+        return self.wait_stopped(timeout)
+
+    def evaluate(self, expr: str) -> str:
+        return self.ok(f"-data-evaluate-expression {quote(expr)}").payload["value"]
+
+    def value(self, expr: str) -> int:
+        """An integer expression's value (``$eip``, ``*(unsigned*)0x...``); ``output/x`` also
+        works for registers of flags types, which refuse a C cast."""
+        return int(self.console(f"output/x {expr}").text.strip(), 16)
+
+    def read_memory(self, addr: int, length: int) -> bytes:
+        payload = self.ok(f"-data-read-memory-bytes {addr:#x} {length}").payload
+        return bytes.fromhex("".join(m["contents"] for m in payload["memory"]))
+
+    def registers(self, fmt: str = "x") -> dict[str, str]:
+        """All registers by name, formatted by gdb (``-data-list-register-values``)."""
+        names = self.ok("-data-list-register-names").payload["register-names"]
+        values = self.ok(f"-data-list-register-values {fmt}").payload["register-values"]
+        return {names[int(v["number"])]: v["value"] for v in values if names[int(v["number"])]}
+
+    def interrupt(self, use_signal: bool = False) -> None:
+        """Stop the running target: ``-exec-interrupt`` (async mode), or SIGINT to gdb, which
+        sends the remote its Ctrl-C byte (as at a terminal)."""
+        if use_signal:
+            os.kill(self.proc.pid, signal.SIGINT)
+        else:
+            self.ok("-exec-interrupt")
 
 
 def quote(text: str) -> str:

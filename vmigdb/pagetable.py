@@ -11,6 +11,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from vmigdb.x86 import CR4_PAE, CR4_PSE, EFER_NXE
+
 ReadPhys = Callable[[int, int], bytes]
 
 PAGE_SIZE = 0x1000
@@ -31,11 +33,6 @@ PTE_FLAG_BITS: tuple[tuple[int, str], ...] = (
     (0, "P"), (1, "RW"), (2, "US"), (3, "PWT"), (4, "PCD"), (5, "A"), (6, "D"), (7, "PS"),
     (8, "G"), (63, "NX"),
 )
-
-
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-EFER_NXE = 1 << 11
 
 
 def pte_flag_names(entry: int) -> list[str]:

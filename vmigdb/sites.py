@@ -2,18 +2,22 @@
 
 Pure: works on bytes. The records come from the guest's ELF file (or from guest memory between
 ``__start_parainstructions`` and ``__stop_parainstructions``); the original native instructions
-come from the file, the current ones from memory, and ``classify`` says what the patcher made of
-each site: a call (or jump) into a ROM entry, NOPs, or the native code left in place. That is the
-question a reader of a VMI kernel asks first: which sensitive instructions went where.
+come from the file, the current ones from memory. A record's type is a pv-op slot
+(``PARAVIRT_PATCH(pv_irq_ops.save_fl)``), named through the slot layout the edge reads from the
+guest's debug info (``vmigdb.pvops.slot_layout``). ``classify`` says what memory holds (a call or
+jump into a ROM entry, NOPs, the native code), ``expect`` what Linux's own patcher makes of the
+slot with the live ROM's get_reloc answers (``vmigdb.pvops.PATCHED_OPS``), and ``judge`` whether
+the two agree. That is the question a reader of a VMI kernel asks first: which sensitive
+instructions went where, and did each go where Linux sends it.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from vmigdb import decode
+from vmigdb import decode, pvops
 from vmigdb import trace as tr
 from vmigdb.abi import VmiCall, VmiRelocation
 from vmigdb.errors import GuestImageError
@@ -25,31 +29,26 @@ SECTION = ".parainstructions"
 START_SYMBOL = "__start_parainstructions"
 STOP_SYMBOL = "__stop_parainstructions"
 
-_NOP = 0x90
 _CALL_REL32 = 0xE8
 _JMP_REL32 = 0xE9
+
+#: Slot number -> pv-op name (``vmigdb.pvops.slot_layout`` of the guest's template).
+Layout = Mapping[int, str]
 
 
 @dataclass(frozen=True)
 class Site:
-    """One ``.parainstructions`` record: the site's address, VMI call number, length, clobbers."""
+    """One ``.parainstructions`` record: the site's address, pv-op slot (the record's type),
+    length and clobbers."""
 
     addr: int
     type: int
     len: int
     clobbers: int
 
-    @property
-    def call(self) -> VmiCall | None:
-        try:
-            return VmiCall(self.type)
-        except ValueError:
-            return None
-
-    @property
-    def call_name(self) -> str:
-        c = self.call
-        return c.name if c is not None else f"type {self.type}"
+    def op(self, layout: Layout) -> str:
+        """The pv-op the slot names (``pv_irq_ops.save_fl``), or ``slot N`` when unknown."""
+        return layout.get(self.type) or f"slot {self.type}"
 
     def contains(self, addr: int) -> bool:
         return self.addr <= addr < self.addr + self.len
@@ -182,17 +181,16 @@ def sites_from_elf(image: bytes | ElfImage) -> list[Site]:
 class SiteState:
     """What memory holds at a site now, compared with the file's native instructions.
 
-    ``kind``: ``call`` / ``jump`` (a rel32 into ``target``, rest NOP), ``nop`` (all NOPs),
-    ``native`` (unchanged), ``modified`` (anything else). ``target_call`` names the ROM entry
-    the target is, when the caller knows the ROM; ``consistent`` says the redirection goes to the
-    entry of the very call the record names (what a correct patcher produces).
+    ``kind``: ``call`` / ``jump`` (a rel32 into ``target``, the rest NOP padding), ``nop``
+    (all NOPs), ``native`` (unchanged), ``modified`` (anything else), ``unverified`` (not a
+    patcher's form, and no file to compare with). ``target_call`` names the ROM entry the
+    target is, when the caller knows the ROM.
     """
 
     kind: str
     insns: tuple[decode.Insn, ...]
     target: int | None = None
     target_call: VmiCall | None = None
-    consistent: bool = False
 
     @property
     def reloc(self) -> VmiRelocation:
@@ -203,44 +201,121 @@ class SiteState:
 def classify(site: Site, now: bytes, original: bytes | None,
              entries: Mapping[int, VmiCall] | None = None) -> SiteState:
     """Classify the ``site.len`` bytes ``now`` at the site; ``entries`` maps ROM entry linear
-    addresses to their calls (from the located ROM), ``original`` is the file's bytes."""
+    addresses to their calls (from the located ROM), ``original`` is the file's bytes. Padding
+    may be any NOP encoding (Linux's add_nops() picks them by CPU)."""
     now = bytes(now[:site.len])
     insns = tuple(decode.disassemble(now, site.addr))
     if original is not None and now == bytes(original[:site.len]):
         return SiteState("native", insns)
-    if now and all(b == _NOP for b in now):
-        return SiteState("nop", insns, consistent=True)
-    if len(now) >= 5 and now[0] in (_CALL_REL32, _JMP_REL32) and all(
-            b == _NOP for b in now[5:]):
+    if now and decode.is_padding(now, site.addr):
+        return SiteState("nop", insns)
+    if len(now) >= 5 and now[0] in (_CALL_REL32, _JMP_REL32) and decode.is_padding(
+            now[5:], site.addr + 5):
         rel = int.from_bytes(now[1:5], "little", signed=True)
         target = (site.addr + 5 + rel) & 0xFFFFFFFF
-        call = (entries or {}).get(target)
         kind = "call" if now[0] == _CALL_REL32 else "jump"
-        return SiteState(kind, insns, target, call, call is not None and call == site.call)
-    return SiteState("modified", insns)
+        return SiteState(kind, insns, target, (entries or {}).get(target))
+    return SiteState("modified" if original is not None else "unverified", insns)
+
+
+#: What the live ROM's get_reloc answers for a call: (relocation, entry linear address or None).
+Relocation = Callable[[VmiCall], tuple[VmiRelocation, int | None]]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What Linux's patcher makes of a site: vmi_patch() looks the slot up in its table
+    (``pvops.PATCHED_OPS``); for those slots the live ROM's get_reloc answer decides (CALL_REL:
+    ``call`` to the entry, JUMP_REL: ``jmp``, NOP: all NOPs, NONE: native); every other slot,
+    and every slot when no ROM is active (Linux runs natively), keeps its native code."""
+
+    op: str
+    call: VmiCall | None = None  # the call vmi_patch asks get_reloc about (patched slots)
+    reloc: VmiRelocation | None = None  # its answer; None when no ROM answers
+    target: int | None = None  # the entry a CALL_REL/JUMP_REL site must reach
+
+    @property
+    def kind(self) -> str:
+        return {VmiRelocation.CALL_REL: "call", VmiRelocation.JUMP_REL: "jump",
+                VmiRelocation.NOP: "nop"}.get(self.reloc, "native")  # type: ignore[arg-type]
+
+    @property
+    def patched(self) -> bool:
+        """True for a slot vmi_patch() rewrites (whatever the ROM answers)."""
+        return self.call is not None
+
+    def describe(self) -> str:
+        """``pv_irq_ops.save_fl -> GetInterruptMask (CALL_REL) at 0xc00c0640`` for a patched
+        slot; ``pv_cpu_ops.read_cr0: left native by vmi_patch`` for the others."""
+        if self.call is None:
+            return f"{self.op}: left native by vmi_patch"
+        text = f"{self.op} -> {self.call.name}"
+        if self.reloc is None:
+            return f"{text} (no ROM: native)"
+        text += f" ({self.reloc.name})"
+        return f"{text} at {self.target:#x}" if self.target is not None else text
+
+
+def expect(site: Site, layout: Layout, relocation: Relocation | None) -> Expectation:
+    """Linux's rule for one site, with the live ROM's answers (``relocation``; None: no ROM)."""
+    op = site.op(layout)
+    call = pvops.PATCHED_OPS.get(op)
+    if call is None:
+        return Expectation(op)
+    if relocation is None:
+        return Expectation(op, call)
+    reloc, entry = relocation(call)
+    target = entry if reloc in (VmiRelocation.CALL_REL, VmiRelocation.JUMP_REL) else None
+    return Expectation(op, call, reloc, target)
+
+
+def calls_of(site: Site, layout: Layout) -> tuple[VmiCall, ...]:
+    """The VMI calls a site leads to: the one vmi_patch() patches it with, else the one(s)
+    activate_vmi() fills its pv-op with (``pvops.OPS``)."""
+    op = site.op(layout)
+    if op in pvops.PATCHED_OPS:
+        return (pvops.PATCHED_OPS[op],)
+    rule = pvops.OPS.get(op)
+    return rule.calls if rule is not None else ()
+
+
+def judge(state: SiteState, exp: Expectation, *, in_init: bool = False) -> str:
+    """``ok`` when memory holds what Linux's rule says; ``WRONG`` otherwise, except ``freed``
+    for a site in init text (Linux frees and reuses it after boot, so its bytes say nothing)
+    and ``?`` for a site whose native code could not be compared (no file)."""
+    if state.kind == exp.kind and (exp.target is None or state.target == exp.target):
+        return "ok"
+    if in_init:
+        return "freed"
+    if state.kind == "unverified" and exp.kind == "native":
+        return "?"
+    return "WRONG"
 
 
 def split_padding(insns: Iterable[decode.Insn]) -> tuple[list[decode.Insn], int]:
-    """The instructions before the trailing NOP padding, and how many NOPs pad them."""
+    """The instructions before the trailing NOP padding, and how many bytes of NOPs pad them."""
     body = list(insns)
     pad = 0
-    while body and body[-1].mnemonic == "nop" and body[-1].size == 1:
-        body.pop()
-        pad += 1
+    while body and decode.is_nop(body[-1]):
+        pad += body.pop().size
     return body, pad
 
 
 def describe_insns(insns: Iterable[decode.Insn]) -> str:
-    """``cli; nop x4`` style: the instructions, with the NOP padding counted."""
+    """``cli; nop x4`` style: the instructions, with the NOP padding counted in bytes (``nops
+    (2 bytes)`` when the padding uses multi-byte NOPs)."""
+    insns = list(insns)
     body, pad = split_padding(insns)
     text = "; ".join(i.text for i in body)
     if pad:
-        text = f"{text}; nop x{pad}" if text else f"nop x{pad}"
+        single = all(i.size == 1 for i in insns[len(body):])
+        nops = f"nop x{pad}" if single else f"nops ({pad} bytes)"
+        text = f"{text}; {nops}" if text else nops
     return text or "(undecodable)"
 
 
 def to_event(seq: int, site: Site, state: SiteState) -> tr.PatchSite:
-    """The trace event for one site (``vmigdb.trace.PatchSite``)."""
+    """The trace event for one site (``vmigdb.trace.PatchSite``; its type is the slot)."""
     return tr.PatchSite(seq, addr=site.addr, type=site.type, len=site.len,
                         clobbers=site.clobbers, reloc=state.reloc.name,
                         target=state.target or 0)
@@ -251,8 +326,8 @@ def entry_map(base: int, call_table: Mapping[VmiCall, int | None]) -> dict[int, 
     return {base + off: call for call, off in call_table.items() if off}
 
 
-#: Linux clobber-mask bits of a record (``CLBR_EAX`` ...), for display.
-CLOBBER_BITS: tuple[tuple[int, str], ...] = ((1, "eax"), (2, "ecx"), (4, "edx"))
+#: Linux clobber-mask bits of a record (``CLBR_EAX`` ... ``CLBR_EDI`` from 2.6.28), for display.
+CLOBBER_BITS: tuple[tuple[int, str], ...] = ((1, "eax"), (2, "ecx"), (4, "edx"), (8, "edi"))
 
 
 def describe_clobbers(mask: int) -> str:

@@ -9,6 +9,7 @@ die with the process that started them, so a killed capture or test leaves nothi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -18,13 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmigdb import debugexit
 from vmigdb.errors import VmiError
 from vmigdb.mi import die_with_parent
 
 QEMU = "qemu-system-i386"
+#: The real VMI guest's kernel, in ../shared/linux (or $VMIGDB_LINUX_DIR).
+LINUX_KERNEL = "bzImage-2.6.32.9-vmi"
 #: vmigdb's PC has no local APIC (its CPUID says so): the reference CPU says the same.
 QEMU_CPU = ("-cpu", "qemu32,-apic")
-DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=4"
+DEBUG_EXIT = debugexit.QEMU_DEVICE
 START_TIMEOUT = 20.0
 
 
@@ -44,13 +48,18 @@ class Target:
 
     def guest_code(self) -> int | None:
         """QEMU only: the guest's isa-debug-exit value from QEMU's exit status, if it ended so."""
-        status = self.proc.poll()
-        if status is None or status <= 0 or not status & 1:
-            return None
-        return status >> 1
+        return debugexit.guest_code(self.proc.poll())
 
     def stop(self) -> int | None:
         return stop_process(self.proc)
+
+
+def linux_dir() -> Path | None:
+    """The Linux guest's folder: ``$VMIGDB_LINUX_DIR``, else ``shared/linux`` beside the
+    checkout (as CI has it); None when its kernel is not there."""
+    env = os.environ.get("VMIGDB_LINUX_DIR")
+    d = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "linux"
+    return d if (d / LINUX_KERNEL).is_file() else None
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> int | None:

@@ -307,7 +307,7 @@ def _read_lines(source: IO[str] | IO[bytes]) -> Trace:
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             value = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # also a 5,000-digit number, deep nesting
             value = _BAD
         if value is _BAD and not complete and meta is not None:
             return Trace(meta, events, truncated=True, partial_line=True, end=end, lines=n - 1)

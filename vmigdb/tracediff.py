@@ -1,22 +1,34 @@
-"""Where two traces diverge: the first differing event with its context, and count differences.
+"""Where two traces differ: every differing region, realigned after each, with context, and the
+count differences; streamed, so two Linux boots compare in bounded memory.
 
 The question behind it: does the same guest make the same ROM calls on two machines (vmigdb's
-stub against QEMU), or with the ROM in place against copied? Events are compared position by
-position without their ``seq`` (a trace may start later) and with a return's ``call_seq`` taken
-relative to its own position. Values no two runs share are ignored unless ``strict``: the
-results of calls that read a clock (``VOLATILE_RESULTS``). ``relative`` compares ROM entries as
-offsets into the ROM and ignores the ROM's base, for a ROM that runs at another address.
+stub against QEMU), or with the ROM in place against copied? Events are compared without their
+``seq`` (a trace may start later), ``clock`` and ``task`` (no two runs share them), with a
+return's ``call_seq`` taken relative to its own position. Values no two runs share are ignored
+unless ``strict``: the results of calls that read a clock (``VOLATILE_RESULTS``). ``relative``
+compares ROM entries as offsets into the ROM and ignores the ROM's base, for a ROM that runs at
+another address.
 
-Pure: works on ``vmigdb.trace`` events.
+How it goes: each event becomes one row of normalised columns (``NORM``), so comparing is one
+numpy equality per chunk. Where the traces stop matching, the diff looks ahead in both (windows
+that grow from 64 to ``WINDOW`` events) for the nearest point where they match again: the
+anchor is the pair of positions (p, q) with the smallest p + q at which ``ANCHOR`` events agree
+(or the two traces' common tail), found with hashed k-grams (first occurrences, intersected).
+The events before the anchor are one differing region: some only in A (removed), some only in
+B (inserted), or both (changed). A difference longer than a window is reported in window-sized
+regions. Memory: two windows and the context, whatever the traces' length.
+
+Pure: works on ``vmigdb.events`` chunks; ``diff`` takes event objects (tests, gdb).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
+
+from vmigdb import events as ev
 from vmigdb import trace as tr
 
 #: Result registers of calls that read a clock or counter: they differ between any two runs.
@@ -27,6 +39,157 @@ VOLATILE_RESULTS: dict[str, tuple[str, ...]] = {
     "GetWallclockTime": ("eax", "edx"),
 }
 VOLATILE = "*"
+#: Events that must agree for the traces to count as realigned.
+ANCHOR = 8
+#: The largest look-ahead, in events of each trace.
+WINDOW = 1 << 16
+_WINDOWS = (64, 1024, 16384, WINDOW)
+#: Regions kept with their events (the rest are counted).
+REGIONS = 20
+#: Events of a region kept to show, per trace.
+SHOWN = 8
+
+NORM = np.dtype([("kind", "u1"), ("call", "u1"), ("entry", "<u4"), ("site", "<u4"),
+                 ("a0", "<u4"), ("a1", "<u4"), ("a2", "<u4"), ("a3", "<u4"), ("a4", "<u4"),
+                 ("dist", "<u8"), ("old", "<u8"), ("new", "<u8"), ("ents", "<u8")])
+K = ev.Kind
+
+
+def _table(width: dict[int, int]) -> np.ndarray:
+    """Per call number: how many of a0..a4 a call (or its return) uses."""
+    out = np.zeros(256, np.int64)
+    for call, n in width.items():
+        out[call] = n
+    return out
+
+
+_ARGS = _table({c: len(n) for c, n in ev.ARG_NAMES.items()})
+_RESULTS = _table({c: len(n) for c, n in ev.RESULT_NAMES.items()})
+#: Per call number and result column: whether that result is volatile.
+_VOLATILE = np.zeros((256, 5), bool)
+for _name, _regs in VOLATILE_RESULTS.items():
+    _c = next(c for c, n in ev.CALL_NAMES.items() if n == _name)
+    for _reg in _regs:
+        _VOLATILE[_c, ev.RESULT_NAMES[_c].index(_reg)] = True
+#: Columns used by each kind besides a0..a4 (the rest are zeroed so that they never differ).
+_USED = {
+    K.ROM_INIT: ("entry",), K.CALL: ("call", "entry", "site"), K.RETURN: ("call", "dist"),
+    K.PTE: ("old", "new"), K.LAZY: (), K.FLUSH: ("ents",), K.SITE: ("call",),
+}
+_WIDTH = {K.ROM_INIT: 1, K.PTE: 4, K.LAZY: 2, K.FLUSH: 4, K.SITE: 5}
+#: The event's field each normalised column stands for, by kind (to name what differs).
+_FIELD_NAMES = {
+    K.ROM_INIT: {"entry": "base", "a0": "batched"},
+    K.CALL: {"call": "call", "entry": "entry", "site": "site", **{f"a{i}": "args"
+                                                                 for i in range(5)}},
+    K.RETURN: {"call": "call", "dist": "call_seq", **{f"a{i}": "results" for i in range(5)}},
+    K.PTE: {"a0": "ptep", "a1": "flags", "a2": "deferred", "a3": "batch", "old": "old",
+            "new": "new"},
+    K.LAZY: {"a0": "old", "a1": "new"},
+    K.FLUSH: {"a0": "batch", "a1": "count", "a2": "trigger", "a3": "tlb_action",
+              "ents": "entries"},
+    K.SITE: {"call": "reloc", "a0": "addr", "a1": "type", "a2": "len", "a3": "clobbers",
+             "a4": "target"},
+}
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, on uint64 arrays (wrapping)."""
+    x = x.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def hashes(norm: np.ndarray) -> np.ndarray:
+    """One 64-bit hash per normalised event (equal events, equal hashes)."""
+    h = np.zeros(len(norm), np.uint64)
+    for name in NORM.names:
+        h = _mix(h ^ norm[name].astype(np.uint64))
+    return h
+
+
+class Normalizer:
+    """Events as the rows compared (``NORM``): what the version 1 comparison compared, field by
+    field. State carries from chunk to chunk: the ROM's base (``relative``), and the volatile
+    values ignored, by call number."""
+
+    def __init__(self, *, strict: bool = False, relative: bool = False) -> None:
+        self.strict = strict
+        self.relative = relative
+        self.base = 0
+        self.ignored = np.zeros(256, np.int64)
+
+    def __call__(self, chunk: ev.Chunk) -> np.ndarray:
+        n = len(chunk)
+        kinds, calls = chunk["kind"], chunk["call"]
+        out = np.zeros(n, NORM)
+        out["kind"] = kinds
+        width = np.zeros(n, np.int64)
+        for kind, w in _WIDTH.items():
+            width[kinds == kind] = w
+        is_call, is_ret = kinds == K.CALL, kinds == K.RETURN
+        width[is_call] = _ARGS[calls[is_call]]
+        width[is_ret] = _RESULTS[calls[is_ret]]
+        for i, name in enumerate(ev.ARGS):
+            out[name] = np.where(width > i, chunk[name], 0)
+        for kind, used in _USED.items():
+            sel = kinds == kind
+            for name in used:
+                if name == "dist":
+                    out["dist"][sel] = chunk["seq"][sel] - chunk["link"][sel]
+                elif name == "ents":
+                    out["ents"][sel] = _entry_hashes(chunk, chunk["seq"][sel])
+                else:
+                    out[name][sel] = chunk[name][sel]
+        inits = kinds == K.ROM_INIT
+        out["a0"][inits] = out["a0"][inits] != 0
+        pte = kinds == K.PTE
+        out["a2"][pte] &= ev.PTE_DEFERRED | ev.PTE_HAS_BATCH
+        out["a3"][pte & (chunk["a2"] & ev.PTE_HAS_BATCH == 0)] = 0
+        if self.relative:
+            bases = np.where(inits, chunk["entry"], 0).astype(np.int64)
+            idx = np.where(inits, np.arange(n), -1)
+            np.maximum.accumulate(idx, out=idx)
+            base = np.where(idx >= 0, bases[np.maximum(idx, 0)], self.base)
+            out["entry"][is_call] = (chunk["entry"][is_call].astype(np.int64)
+                                     - base[is_call]) & 0xFFFFFFFF
+            out["entry"][inits] = 0
+            if inits.any():
+                self.base = int(chunk["entry"][np.flatnonzero(inits)[-1]])
+        if not self.strict and is_ret.any():
+            volatile = _VOLATILE[calls] & is_ret[:, None]
+            for i, name in enumerate(ev.ARGS):
+                out[name][volatile[:, i]] = 0
+            self.ignored += np.bincount(calls, weights=volatile.sum(axis=1),
+                                        minlength=256).astype(np.int64)
+        return out
+
+
+def _entry_hashes(chunk: ev.Chunk, seqs: np.ndarray) -> np.ndarray:
+    """One hash per flush (by seq) of its entries, in order."""
+    out = np.zeros(len(seqs), np.uint64)
+    e = chunk.entries
+    if not len(e) or not len(seqs):
+        return out
+    owner = e["seq"]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    position = np.arange(len(e)) - np.repeat(starts, np.diff(np.r_[starts, len(e)]))
+    h = _mix(position.astype(np.uint64))
+    for name in ("ptep", "flags", "lo", "hi"):
+        h = _mix(h ^ e[name].astype(np.uint64))
+    sums = np.add.reduceat(h, starts)
+    at = np.searchsorted(seqs, owner[starts])
+    ok = at < len(seqs)
+    ok[ok] = seqs[at[ok]] == owner[starts][ok]
+    out[at[ok]] = sums[ok]
+    return out
+
+
+# --- results -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -44,7 +207,8 @@ class CountDiff:
 
 @dataclass(frozen=True)
 class Divergence:
-    """The first position where the traces differ; an event is None past a trace's end."""
+    """The first position where the traces differ, side by side; an event is None past a
+    trace's end."""
 
     index: int
     a: tr.Event | None
@@ -53,83 +217,319 @@ class Divergence:
 
 
 @dataclass(frozen=True)
+class Region:
+    """A stretch where the traces differ: ``a_len`` events of A from ``a_start`` stand where
+    B has ``b_len`` from ``b_start`` (0 of A: B inserted them; 0 of B: A's were removed)."""
+
+    a_start: int
+    a_len: int
+    b_start: int
+    b_len: int
+    a_events: tuple[tr.Event, ...]  # the first SHOWN of them
+    b_events: tuple[tr.Event, ...]
+    before: tuple[tuple[tr.Event, tr.Event], ...]  # matching events just before (A, B)
+    after: tuple[tuple[tr.Event, tr.Event], ...]  # and just after, where the traces agree again
+    fields: tuple[str, ...] = ()  # one event each, same type: the fields that differ
+    same: tuple[bool, ...] = ()  # as many events each: which shown pairs are equal anyway
+    unequal: int = 0  # as many events each: how many pairs differ
+
+    @property
+    def what(self) -> str:
+        if not self.a_len:
+            return f"B has {self.b_len} event{'s' * (self.b_len != 1)} A lacks"
+        if not self.b_len:
+            return f"A has {self.a_len} event{'s' * (self.a_len != 1)} B lacks"
+        if self.fields:
+            return f"fields {', '.join(self.fields)} differ"
+        if self.a_len == self.b_len and self.unequal:
+            return f"{self.unequal} of {self.a_len} events differ"
+        return f"{self.a_len} event{'s' * (self.a_len != 1)} of A stand for {self.b_len} of B"
+
+
+@dataclass(frozen=True)
 class TraceDiff:
     len_a: int
     len_b: int
     first: Divergence | None
-    context_a: tuple[tr.Event, ...]  # events around the divergence (or empty)
+    context_a: tuple[tr.Event, ...]  # events around the first divergence (or empty)
     context_b: tuple[tr.Event, ...]
     context_start: int  # the index of context_a[0] / context_b[0]
     calls: tuple[CountDiff, ...]  # call names whose counts differ
     types: tuple[CountDiff, ...]  # event types whose counts differ
     ignored: dict[str, int]  # volatile values ignored in the first trace, by call (strict: {})
+    regions: tuple[Region, ...] = ()  # the first ones, with their events
+    region_count: int = 0  # every region
+    differing_a: int = 0  # events of A in regions
+    differing_b: int = 0
 
     @property
     def equivalent(self) -> bool:
         return self.first is None
 
 
-def normalize(events: Sequence[tr.Event], *, strict: bool = False,
-              relative: bool = False) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """Each event as the dict compared, and the volatile values blanked, by call name."""
-    out = []
-    ignored: Counter[str] = Counter()
-    base = 0
-    for e in events:
-        d = e.to_json()
-        del d["seq"]
-        if isinstance(e, tr.RomInit):
-            base = e.base
-            if relative:
-                del d["base"]
-        elif isinstance(e, tr.RomCall) and relative:
-            d["entry"] = e.entry - base
-        elif isinstance(e, tr.RomReturn):
-            d["call_seq"] = e.seq - e.call_seq  # how far back its call is
-            if not strict:
-                results = dict(e.results)
-                for reg in VOLATILE_RESULTS.get(e.call, ()):
-                    if reg in results:
-                        results[reg] = VOLATILE
-                        ignored[e.call] += 1
-                d["results"] = results
-        out.append(d)
-    return out, ignored
+# --- the streamed comparison --------------------------------------------------------------------
 
 
-def _fields(x: dict[str, Any], y: dict[str, Any]) -> tuple[str, ...]:
-    if x.get("type") != y.get("type"):
+class _Side:
+    """One trace being compared: a window of its chunks, their normalised rows, its counts."""
+
+    def __init__(self, chunks: Iterable[ev.Chunk], norm: Normalizer, keep: int) -> None:
+        self._it: Iterator[ev.Chunk] = iter(chunks)
+        self._norm = norm
+        self.keep = keep  # events kept before the position (context)
+        self.start = 0  # absolute index of the window's first event
+        self.chunk = ev.Chunk.empty()
+        self.rows = np.zeros(0, NORM)
+        self.done = False
+        self.calls = np.zeros(256, np.int64)
+        self.kinds = np.zeros(len(K), np.int64)
+
+    @property
+    def end(self) -> int:
+        """Absolute index one past the last event read."""
+        return self.start + len(self.rows)
+
+    def fill(self, upto: int) -> None:
+        """Read until events up to ``upto`` (exclusive) are in the window, or the trace ends."""
+        parts, rows = [self.chunk], [self.rows]
+        have = self.end
+        while not self.done and have < upto:
+            try:
+                c = next(self._it)
+            except StopIteration:
+                self.done = True
+                break
+            if not len(c):
+                continue
+            kinds = c["kind"]
+            self.kinds += np.bincount(kinds, minlength=len(K))[:len(K)]
+            self.calls += np.bincount(c["call"][kinds == K.CALL], minlength=256)
+            parts.append(c)
+            rows.append(self._norm(c))
+            have += len(c)
+        if len(parts) > 1:
+            self.chunk = ev.concat(parts)
+            self.rows = np.concatenate(rows)
+
+    def at(self, lo: int, hi: int) -> np.ndarray:
+        """Normalised rows [lo, hi) (absolute), as far as read."""
+        return self.rows[max(lo - self.start, 0):max(hi - self.start, 0)]
+
+    def events(self, lo: int, hi: int) -> tuple[tr.Event, ...]:
+        lo, hi = max(lo - self.start, 0), max(min(hi - self.start, len(self.rows)), 0)
+        if lo >= hi:
+            return ()
+        return tuple(ev.to_events(self.chunk.select(slice(lo, hi))))
+
+    def drop(self, before: int) -> None:
+        """Forget events before ``before`` but the context (when that frees most of the
+        window: copying it on every step would cost more than it saves)."""
+        cut = before - self.keep - self.start
+        if cut > 0 and cut >= len(self.rows) // 2:
+            self.chunk = self.chunk.select(slice(cut, None))
+            self.rows = self.rows[cut:]
+            self.start += cut
+
+    def drain(self) -> None:
+        """Read to the end, counting, keeping nothing (what is left past a decided diff)."""
+        while not self.done:
+            self.fill(self.end + WINDOW)
+            self.drop(self.end)
+
+
+def _grams(h: np.ndarray, k: int) -> np.ndarray:
+    """The hash of each run of k consecutive events (len(h) - k + 1 of them)."""
+    n = len(h) - k + 1
+    g = np.zeros(n, np.uint64)
+    for r in range(k):
+        g = _mix(g ^ h[r:r + n])
+    return g
+
+
+def _anchor(a: _Side, b: _Side, i: int, j: int) -> tuple[int, int]:
+    """(p, q): the nearest point after (i, j) where the traces agree again, as offsets."""
+    # The common case first: values changed, events neither added nor removed, so the traces
+    # agree again in step (clock readings under --strict, other addresses).
+    step = _in_step(a, b, i, j)
+    if step is not None:
+        return step, step
+    for w in _WINDOWS:
+        a.fill(i + w)
+        b.fill(j + w)
+        wa, wb = a.at(i, i + w), b.at(j, j + w)
+        a_all, b_all = a.done and i + len(wa) == a.end, b.done and j + len(wb) == b.end
+        found = _best(wa, wb, a_all, b_all)
+        if found is not None:
+            return found
+        if a_all and b_all:
+            return len(wa), len(wb)
+    return len(wa), len(wb)
+
+
+def _in_step(a: _Side, b: _Side, i: int, j: int, reach: int = _WINDOWS[0]) -> int | None:
+    """The first t >= 1 (below ``reach``) where both traces agree again for ANCHOR events in
+    step (or to both their ends), else None."""
+    a.fill(i + reach + ANCHOR)
+    b.fill(j + reach + ANCHOR)
+    wa, wb = a.at(i, i + reach + ANCHOR), b.at(j, j + reach + ANCHOR)
+    n = min(len(wa), len(wb))
+    same = (wa[:n] == wb[:n]).astype(np.int64)
+    if n > ANCHOR:
+        runs = np.convolve(same, np.ones(ANCHOR, np.int64), "valid")  # runs[t]: same[t:t+K]
+        hits = np.flatnonzero(runs[1:] == ANCHOR)
+        if len(hits):
+            return int(hits[0]) + 1
+    if n and a.done and b.done and len(wa) == len(wb) == a.end - i == b.end - j:
+        last = np.flatnonzero(same == 0)[-1]  # both tails agree after it (or both end there)
+        return int(last) + 1
+    return None
+
+
+def _best(wa: np.ndarray, wb: np.ndarray, a_all: bool, b_all: bool) -> tuple[int, int] | None:
+    """The anchor with the smallest p + q in two windows (``*_all``: the window holds the rest
+    of its trace, so a shorter common tail counts too)."""
+    candidates: list[tuple[int, int, int]] = []
+    k = min(ANCHOR, len(wa), len(wb))
+    if k and (k == ANCHOR or a_all or b_all):
+        ga, gb = _grams(hashes(wa), k), _grams(hashes(wb), k)
+        ua, ia = np.unique(ga, return_index=True)
+        ub, ib = np.unique(gb, return_index=True)
+        _, ca, cb = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
+        p, q = ia[ca], ib[cb]
+        order = np.argsort(p + q, kind="stable")[:16]
+        for o in order.tolist():
+            pp, qq = int(p[o]), int(q[o])
+            if k < ANCHOR and not (pp + k == len(wa) and a_all or qq + k == len(wb) and b_all):
+                continue  # a short match is an anchor only as a trace's tail
+            if (wa[pp:pp + k] == wb[qq:qq + k]).all():
+                candidates.append((pp + qq, pp, qq))
+                break
+    if a_all and b_all:
+        n = min(len(wa), len(wb))
+        same = wa[len(wa) - n:][::-1] == wb[len(wb) - n:][::-1]
+        tail = int(np.argmin(same)) if not same.all() else n
+        if tail:
+            candidates.append((len(wa) + len(wb) - 2 * tail, len(wa) - tail, len(wb) - tail))
+    if not candidates:
+        return None
+    _, p0, q0 = min(candidates)
+    return (p0, q0) if p0 or q0 else None
+
+
+def _fields(x: np.ndarray, y: np.ndarray) -> tuple[str, ...]:
+    """The event fields that differ between two normalised events."""
+    kind = int(x["kind"])
+    if kind != int(y["kind"]):
         return ("type",)
-    return tuple(k for k in sorted(x.keys() | y.keys()) if x.get(k) != y.get(k))
+    names = _FIELD_NAMES.get(K(kind), {}) if kind < len(K) else {}
+    return tuple(sorted({names.get(f, f) for f in NORM.names if x[f] != y[f]}))
 
 
-def _counts(a: Counter[str], b: Counter[str]) -> tuple[CountDiff, ...]:
-    names = sorted(a.keys() | b.keys(), key=lambda n: (-max(a[n], b[n]), n))
-    return tuple(CountDiff(n, a[n], b[n]) for n in names if a[n] != b[n])
+def _counts(a: dict[str, int], b: dict[str, int]) -> tuple[CountDiff, ...]:
+    names = sorted(a.keys() | b.keys(), key=lambda n: (-max(a.get(n, 0), b.get(n, 0)), n))
+    return tuple(CountDiff(n, a.get(n, 0), b.get(n, 0)) for n in names
+                 if a.get(n, 0) != b.get(n, 0))
+
+
+def diff_chunks(a: Iterable[ev.Chunk], b: Iterable[ev.Chunk], *, context: int = 3,
+                strict: bool = False, relative: bool = False, regions: int = REGIONS,
+                progress: Callable[[], None] | None = None) -> TraceDiff:
+    """Compare two traces given as chunks, streaming (see the module docstring). ``regions``:
+    how many regions keep their events (0: all); ``progress`` is called as the work goes."""
+    norm_a = Normalizer(strict=strict, relative=relative)
+    norm_b = Normalizer(strict=strict, relative=relative)
+    keep = max(context, 0)
+    sa, sb = _Side(a, norm_a, keep), _Side(b, norm_b, keep)
+    i = j = 0
+    first: Divergence | None = None
+    ctx: tuple[tuple[tr.Event, ...], tuple[tr.Event, ...], int] = ((), (), 0)
+    found: list[Region] = []
+    count = in_a = in_b = 0
+    probe = 256  # events compared in one step: small after a region (the next may be close)
+    while True:
+        sa.fill(i + WINDOW)
+        sb.fill(j + WINDOW)
+        if progress is not None:
+            progress()
+        ra, rb = sa.at(i, i + probe), sb.at(j, j + probe)  # empty only at a trace's end
+        if not len(ra) and not len(rb):
+            break
+        m = min(len(ra), len(rb))
+        mismatch = np.flatnonzero(ra[:m] != rb[:m])
+        if m and not len(mismatch):
+            i, j = i + m, j + m
+            sa.drop(i)
+            sb.drop(j)
+            probe = min(probe * 4, WINDOW)
+            continue
+        probe = 256
+        k = int(mismatch[0]) if len(mismatch) else m
+        i, j = i + k, j + k
+        sa.fill(i + context + 1)
+        sb.fill(j + context + 1)
+        if first is None:
+            ea, eb = sa.events(i, i + 1), sb.events(j, j + 1)
+            fields = _fields(sa.at(i, i + 1)[0], sb.at(j, j + 1)[0]) if ea and eb else ()
+            first = Divergence(i, ea[0] if ea else None, eb[0] if eb else None, fields)
+            lo = max(i - context, 0)
+            ctx = (sa.events(lo, i + context + 1), sb.events(lo, j + context + 1), lo)
+        ended = sa.end <= i or sb.end <= j  # one trace has ended: the rest of the other
+        keep_events = not regions or len(found) < regions
+        if ended:
+            if keep_events:
+                found.append(_region(sa, sb, i, sa.end - i, j, sb.end - j, context))
+            rest_a, rest_b = sa.end - i, sb.end - j
+            sa.drain()
+            sb.drain()
+            p, q = sa.end - i, sb.end - j
+            if keep_events and (p, q) != (rest_a, rest_b):
+                found[-1] = _resized(found[-1], p, q)
+        else:
+            p, q = _anchor(sa, sb, i, j)
+            if keep_events:
+                found.append(_region(sa, sb, i, p, j, q, context))
+        count += 1
+        in_a += p
+        in_b += q
+        i, j = i + p, j + q
+        sa.drop(i)
+        sb.drop(j)
+    sa.drain()
+    sb.drain()
+    types_a = {ev.KIND_NAMES[K(k)]: int(n) for k, n in enumerate(sa.kinds) if n}
+    types_b = {ev.KIND_NAMES[K(k)]: int(n) for k, n in enumerate(sb.kinds) if n}
+    calls_a = {ev.CALL_NAMES[c]: int(n) for c, n in enumerate(sa.calls) if n}
+    calls_b = {ev.CALL_NAMES[c]: int(n) for c, n in enumerate(sb.calls) if n}
+    ignored = {ev.CALL_NAMES[c]: int(n) for c, n in enumerate(norm_a.ignored) if n}
+    return TraceDiff(sa.end, sb.end, first, ctx[0], ctx[1], ctx[2], _counts(calls_a, calls_b),
+                     _counts(types_a, types_b), ignored, tuple(found), count, in_a, in_b)
+
+
+def _resized(r: Region, a_len: int, b_len: int) -> Region:
+    return Region(r.a_start, a_len, r.b_start, b_len, r.a_events, r.b_events, r.before, (),
+                  r.fields, ())
+
+
+def _region(sa: _Side, sb: _Side, i: int, p: int, j: int, q: int, context: int) -> Region:
+    sa.fill(i + p + context)
+    sb.fill(j + q + context)
+    fields: tuple[str, ...] = ()
+    if p == 1 and q == 1:
+        fields = _fields(sa.at(i, i + 1)[0], sb.at(j, j + 1)[0])
+    same: tuple[bool, ...] = ()
+    unequal = 0
+    if p == q:
+        pairs = sa.at(i, i + p) == sb.at(j, j + q)
+        same, unequal = tuple(pairs[:SHOWN].tolist()), int(len(pairs) - pairs.sum())
+    before = tuple(zip(sa.events(i - context, i), sb.events(j - context, j), strict=False))
+    after = tuple(zip(sa.events(i + p, i + p + context), sb.events(j + q, j + q + context),
+                      strict=False))
+    return Region(i, p, j, q, sa.events(i, i + min(p, SHOWN)), sb.events(j, j + min(q, SHOWN)),
+                  before, after, fields, same, unequal)
 
 
 def diff(a: Sequence[tr.Event], b: Sequence[tr.Event], *, context: int = 3,
-         strict: bool = False, relative: bool = False) -> TraceDiff:
-    """Compare two traces (see the module docstring)."""
-    na, ignored_a = normalize(a, strict=strict, relative=relative)
-    nb, _ = normalize(b, strict=strict, relative=relative)
-    first: Divergence | None = None
-    for i, (x, y) in enumerate(zip(na, nb)):
-        if x != y:
-            first = Divergence(i, a[i], b[i], _fields(x, y))
-            break
-    else:
-        n = min(len(a), len(b))
-        if len(a) != len(b):
-            first = Divergence(n, a[n] if n < len(a) else None, b[n] if n < len(b) else None,
-                               ())
-    lo = hi = 0
-    if first is not None:
-        lo = max(first.index - context, 0)
-        hi = first.index + context + 1
-    calls_a = Counter(e.call for e in a if isinstance(e, tr.RomCall))
-    calls_b = Counter(e.call for e in b if isinstance(e, tr.RomCall))
-    types_a = Counter(e.TYPE for e in a)
-    types_b = Counter(e.TYPE for e in b)
-    return TraceDiff(len(a), len(b), first, tuple(a[lo:hi]), tuple(b[lo:hi]), lo,
-                     _counts(calls_a, calls_b), _counts(types_a, types_b), dict(ignored_a))
+         strict: bool = False, relative: bool = False, regions: int = REGIONS) -> TraceDiff:
+    """Compare two traces given as event objects."""
+    return diff_chunks([ev.from_events(a)], [ev.from_events(b)], context=context,
+                       strict=strict, relative=relative, regions=regions)

@@ -262,8 +262,15 @@ class TraceFile:
             raise TraceFormatError(f"{self.path}: {e}") from None
         except OSError as e:
             raise TraceFormatError(f"{self.path}: {e.strerror or e}") from None
-        self.header = dict(self._v1.header)
+        self.header = dict(self._v1.meta)
         self.version = tr.FORMAT_VERSION
+
+    def tell(self) -> int:
+        """Bytes of the file read so far (a progress bar's position)."""
+        try:
+            return self._file.tell() if self._file is not None and not self._file.closed else 0
+        except (OSError, ValueError):
+            return 0
 
     def close(self) -> None:
         if self._file is not None:
@@ -340,8 +347,11 @@ class TraceFile:
         t = self._v1
         assert t is not None
         if t.truncated and not partial:
-            raise TraceCutError(f"{tr.cut_warning(t, self.path)}; --partial uses them",
-                                len(t.events))
+            why = (f"line {t.lines + 1} is incomplete" if t.partial_line
+                   else "it has no end record")
+            raise TraceCutError(f"{self.path} is cut off after {len(t.events)} events ({why}: "
+                                "the capture was killed or is still running); --partial uses "
+                                "them", len(t.events))
         for at in range(0, len(t.events), BATCH_EVENTS):
             try:
                 chunk = ev.from_events(t.events[at:at + BATCH_EVENTS])
@@ -349,7 +359,8 @@ class TraceFile:
                 raise TraceFormatError(f"{self.path}: {e}") from None
             self.events += len(chunk)
             yield chunk
-        self.end = dict(t.end) if t.end else {"events": len(t.events)}
+        if not t.truncated:  # a cut file has no end: ``complete`` stays False, as in version 2
+            self.end = dict(t.end) if t.end else {"events": len(t.events)}
 
 
 def _is_cut(e: Exception) -> bool:
@@ -376,7 +387,8 @@ def _check(batch: Any, what: str, last_seq: int) -> ev.Chunk:
         raise TraceFormatError(f"{what}: {_one_line(e)}") from None
     if not batch.schema.remove_metadata().equals(schema()):
         raise TraceFormatError(f"{what}: columns are not the trace's")
-    cols = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ev.EVENT.names}
+    # np.asarray, not to_numpy(): that imports pandas when it is installed (0.2 s a command).
+    cols = {name: np.asarray(batch.column(name)) for name in ev.EVENT.names}
     lists = batch.column(ENTRY_COLUMN)
     if lists.null_count or lists.values.null_count or lists.values.values.null_count:
         raise TraceFormatError(f"{what}: missing values")

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 CR0_PE = 1 << 0
 CR0_TS = 1 << 3
+CR0_ET = 1 << 4
 CR0_PG = 1 << 31
+CR4_PSE = 1 << 4
+CR4_PAE = 1 << 5
+CR4_PGE = 1 << 7
+CR4_SMEP = 1 << 20
+EFER_NXE = 1 << 11
 EFLAGS_TF = 1 << 8
 EFLAGS_IF = 1 << 9
 EFLAGS_NT = 1 << 14

@@ -15,7 +15,7 @@
 from vmigdb.stub.machine.cpu import UNTIL
 from vmigdb.stub.machine.interface import MachineInterface
 from vmigdb.stub.machine.memory import ROM_BASE
-from vmigdb.stub.machine.pc import PC, check_rom_image, default_rom_path, repo_root
+from vmigdb.stub.machine.pc import PC
 from vmigdb.stub.machine.stops import (
     CodeHook,
     MemoryFault,
@@ -38,8 +38,5 @@ __all__ = [
     "PortObserver",
     "Stop",
     "StopReason",
-    "check_rom_image",
-    "default_rom_path",
     "qemu_exit_status",
-    "repo_root",
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
 
-from vmigdb import x86
+from vmigdb import resources, rominfo, x86
 from vmigdb.errors import GuestImageError, RomError
 from vmigdb.stub.machine import boot, devices
 from vmigdb.stub.machine.boot import BootImage
@@ -45,22 +45,6 @@ PIC_FIRMWARE = ((0x20, 0x11), (0x21, 0x08), (0x21, 0x04), (0x21, 0x01),
                 (0x21, 0xFF), (0xA1, 0xFF))
 
 
-def repo_root() -> Path:
-    """The repository: the parent of the ``stub`` folder this package lives in."""
-    return Path(__file__).resolve().parent.parent.parent
-
-
-def default_rom_path() -> Path:
-    return repo_root() / "build" / "vmi_rom.bin"
-
-
-def check_rom_image(data: bytes) -> None:
-    """RomError unless ``data`` is an option ROM (55 AA, length byte, byte sum 0)."""
-    from vmigdb import rominfo
-
-    rominfo.check_rom(data)
-
-
 class PC:
     """A PC running one guest image. See the module docstring, and MachineInterface."""
 
@@ -76,11 +60,12 @@ class PC:
         bad input."""
         rom_data: bytes | None = None
         if rom != "none":
-            rom_path = Path(rom) if rom is not None else default_rom_path()
+            rom_path = Path(rom) if rom is not None else resources.rom()
             try:
                 rom_data = rom_path.read_bytes()
             except OSError as e:
-                hint = " (build it with `make rom`)" if rom is None else ""
+                hint = " (build it with `make rom`)" if rom is None and resources.in_checkout() \
+                    else ""
                 raise RomError(f"cannot read ROM {rom_path}: {e.strerror}{hint}") from None
         image = _read(guest, "guest")
         initrd_data = _read(initrd, "initrd") if initrd is not None else None
@@ -91,7 +76,7 @@ class PC:
                  cmdline: str = "", initrd: bytes | None = None, ram_size: int | None = None,
                  rtc_time: dt.datetime | None = None, no_reboot: bool = False) -> None:
         if rom is not None:
-            check_rom_image(rom)
+            rominfo.check_rom(rom)  # RomError: not an option ROM (55 AA, length, byte sum 0)
         if ram_size is None:
             ram_size = DEFAULT_RAM_MIB << 20
         if not MIN_RAM_MIB << 20 <= ram_size <= MAX_RAM_MIB << 20 or ram_size % (1 << 20):
@@ -151,7 +136,7 @@ class PC:
         b = self.boot
         for addr, data in b.blobs:
             self.memory.load(addr, data)
-        uc.reg_write(X.UC_X86_REG_CR0, x86.CR0_PE | 0x10)  # PE and ET, paging off
+        uc.reg_write(X.UC_X86_REG_CR0, x86.CR0_PE | x86.CR0_ET)  # paging off
         uc.reg_write(X.UC_X86_REG_CR3, 0)
         uc.reg_write(X.UC_X86_REG_CR4, 0)
         for msr in (x86.MSR_EFER, x86.MSR_SYSENTER_CS, x86.MSR_SYSENTER_ESP,

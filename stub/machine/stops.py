@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vmigdb.debugexit import qemu_status as qemu_exit_status
+
 
 class StopReason(enum.Enum):
     """Why ``run`` or ``step`` returned."""
@@ -38,13 +40,8 @@ class Stop:
 
     @property
     def qemu_status(self) -> int | None:
-        """QEMU's process exit status for the same isa-debug-exit write: (value << 1) | 1."""
+        """QEMU's process exit status for the same isa-debug-exit write (vmigdb.debugexit)."""
         return None if self.exit_code is None else qemu_exit_status(self.exit_code)
-
-
-def qemu_exit_status(value: int) -> int:
-    """QEMU's isa-debug-exit rule: the process exits with (value << 1) | 1 (as a byte)."""
-    return ((value << 1) | 1) & 0xFF
 
 
 class MemoryFault(Exception):

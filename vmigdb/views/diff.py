@@ -1,4 +1,5 @@
-"""``vmigdb diff``: two traces side by side around their first difference, and count differences.
+"""``vmigdb diff``: the verdict, each differing region side by side with the matching events
+around it, and the count differences.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from rich.text import Text
 
 from vmigdb import abi
 from vmigdb import trace as tr
-from vmigdb.tracediff import TraceDiff
+from vmigdb.tracediff import Region, TraceDiff
 from vmigdb.views.trace import format_args, format_results
 
 
@@ -37,7 +38,8 @@ def describe(e: tr.Event | None) -> str:
 
 
 def render_diff(d: TraceDiff, name_a: str = "A", name_b: str = "B") -> RenderableType:
-    """The verdict, the context around the first difference, and the count differences."""
+    """The verdict, every region kept (its events and the context around it), the regions not
+    kept as a count, and the count differences."""
     parts: list[RenderableType] = []
     if d.first is None:
         n = sum(d.ignored.values())
@@ -45,25 +47,17 @@ def render_diff(d: TraceDiff, name_a: str = "A", name_b: str = "B") -> Renderabl
                 if n else "")
         parts.append(Text(f"equivalent: {d.len_a} events each{note}", style="bold green"))
     else:
-        f = d.first
-        what = (f"fields {', '.join(f.fields)} differ" if f.fields
-                else "one trace ends here")
-        parts.append(Text(f"the traces differ at event {f.index} ({what}); "
-                          f"{name_a}: {d.len_a} events, {name_b}: {d.len_b} events",
-                          style="bold red"))
-        t = Table(title=f"around event {f.index}")
-        t.add_column("#", justify="right")
-        t.add_column(name_a)
-        t.add_column(name_b)
-        n = max(len(d.context_a), len(d.context_b))
-        for k in range(n):
-            i = d.context_start + k
-            ea = d.context_a[k] if k < len(d.context_a) else None
-            eb = d.context_b[k] if k < len(d.context_b) else None
-            style = "bold red" if i == f.index else ""
-            t.add_row(Text(str(i), style=style), Text(describe(ea), style=style),
-                      Text(describe(eb), style=style))
-        parts.append(t)
+        plural = "s" * (d.region_count != 1)
+        parts.append(Text(
+            f"the traces differ in {d.region_count} region{plural}, the first at event "
+            f"{d.first.index}", style="bold red"))
+        parts.append(Text(f"A: {name_a}: {d.len_a} events, {d.differing_a} in the regions\n"
+                          f"B: {name_b}: {d.len_b} events, {d.differing_b} in the regions"))
+        for k, region in enumerate(d.regions, 1):
+            parts.append(render_region(region, k))
+        if d.region_count > len(d.regions):
+            parts.append(Text(f"{d.region_count - len(d.regions)} more regions not shown "
+                              "(--regions 0 shows them all)", style="dim"))
     if d.calls:
         parts.append(_counts_table("ROM calls counted differently", d.calls, name_a, name_b))
     if d.types:
@@ -71,6 +65,45 @@ def render_diff(d: TraceDiff, name_a: str = "A", name_b: str = "B") -> Renderabl
     if not d.calls and not d.types:
         parts.append(Text("every ROM call and event type is counted the same in both"))
     return Group(*parts)
+
+
+def _span(start: int, n: int) -> str:
+    return f"none (at {start})" if not n else (f"{start}" if n == 1 else f"{start}-{start + n - 1}")
+
+
+def render_region(r: Region, k: int) -> RenderableType:
+    """One region: the matching events before it, its own events (red), the matching events
+    after it, with each trace's positions (A is the first trace, B the second)."""
+    t = Table(title=f"region {k}: A {_span(r.a_start, r.a_len)}, B "
+                    f"{_span(r.b_start, r.b_len)}: {r.what}", title_justify="left")
+    t.add_column("", no_wrap=True)  # + only in B, - only in A, ≠ changed
+    t.add_column("A #", justify="right", no_wrap=True)
+    t.add_column("A")
+    t.add_column("B #", justify="right", no_wrap=True)
+    t.add_column("B")
+    n = len(r.before)
+    for m, (ea, eb) in enumerate(r.before):
+        t.add_row("", str(r.a_start - n + m), Text(describe(ea), style="dim"),
+                  str(r.b_start - n + m), Text(describe(eb), style="dim"))
+    rows = max(len(r.a_events), len(r.b_events))
+    for m in range(rows):
+        ea = r.a_events[m] if m < len(r.a_events) else None
+        eb = r.b_events[m] if m < len(r.b_events) else None
+        equal = m < len(r.same) and r.same[m]  # inside a region, yet the same in both
+        mark = ("" if equal else "≠") if ea is not None and eb is not None else (
+            "-" if ea is not None else "+")
+        t.add_row(Text(mark, style="bold red"), str(r.a_start + m) if ea is not None else "",
+                  Text(describe(ea) if ea is not None else "", style="bold red"),
+                  str(r.b_start + m) if eb is not None else "",
+                  Text(describe(eb) if eb is not None else "", style="bold red"))
+    hidden_a, hidden_b = r.a_len - len(r.a_events), r.b_len - len(r.b_events)
+    if hidden_a > 0 or hidden_b > 0:
+        t.add_row("", "…", Text(f"{max(hidden_a, 0)} more", style="red"), "…",
+                  Text(f"{max(hidden_b, 0)} more", style="red"))
+    for m, (ea, eb) in enumerate(r.after):
+        t.add_row("", str(r.a_start + r.a_len + m), Text(describe(ea), style="dim"),
+                  str(r.b_start + r.b_len + m), Text(describe(eb), style="dim"))
+    return t
 
 
 def _counts_table(title: str, rows, name_a: str, name_b: str) -> Table:

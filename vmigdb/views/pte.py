@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vmigdb import decode, pagetable
+from vmigdb.views.console import fit_columns
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ def render_walk(va: int, mode: pagetable.Mode, levels: list[Level],
     """The walk as a table (level, entry address, value, flags, next) and the result."""
     kind = "PAE" if mode.pae else "2-level" + (" +PSE" if mode.pse else "")
     t = Table(title=f"page walk of {va:#x} ({kind}, CR3={mode.cr3:#x}; reads {how})")
-    t.add_column("level")
-    t.add_column("entry at (phys)")
-    t.add_column("value")
+    t.add_column("level", no_wrap=True)
+    t.add_column("entry at (phys)", no_wrap=True)
+    t.add_column("value", no_wrap=True)
     t.add_column("flags")
     t.add_column("points to")
     width = 16 if mode.pae else 8
@@ -75,4 +76,4 @@ def render_walk(va: int, mode: pagetable.Mode, levels: list[Level],
         result = Text(f"{va:#x} -> phys {mapping.translate(va):#x} ({mapping.size // 1024} KiB "
                       f"page at {mapping.pa:#x}, {rights}){' ' + name if name else ''}",
                       style="bold")
-    return Group(t, result)
+    return Group(fit_columns(t), result)

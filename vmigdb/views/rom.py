@@ -14,6 +14,7 @@ from rich.text import Text
 from vmigdb import abi
 from vmigdb.abi import VmiCall, VmiRelocation
 from vmigdb.rominfo import RomInfo
+from vmigdb.views.console import fit_columns
 
 #: PCI base class codes worth naming here (the class code's top byte).
 _PCI_BASE_CLASSES = {0x05: "memory controller"}
@@ -25,7 +26,7 @@ def _offset(value: int | None) -> str:
 
 def _header_table(info: RomInfo, live_copy: bool) -> Table:
     t = Table(title="VMI ROM", show_header=False, box=None, pad_edge=False)
-    t.add_column("field", style="bold")
+    t.add_column("field", style="bold", no_wrap=True)
     t.add_column("value")
     if info.checksum_ok:
         sums = "ok (sums to 0)"
@@ -56,14 +57,14 @@ def _header_table(info: RomInfo, live_copy: bool) -> Table:
     )
     for name, value in rows:
         t.add_row(name, Text(value))
-    return t
+    return fit_columns(t)
 
 
 def _call_table(info: RomInfo) -> Table:
     t = Table(title="calls (get_reloc as the call table predicts it)")
-    t.add_column("#", justify="right")
+    t.add_column("#", justify="right", no_wrap=True)
     t.add_column("VMI call")
-    t.add_column("entry", justify="right")
+    t.add_column("entry", justify="right", no_wrap=True)
     t.add_column("relocation")
     t.add_column("native")
     for call in VmiCall:
@@ -73,7 +74,7 @@ def _call_table(info: RomInfo) -> Table:
         style = "" if reloc is VmiRelocation.CALL_REL else "dim"
         t.add_row(str(int(call)), call.name, _offset(entry), reloc.name,
                   spec.native if spec and spec.native else "-", style=style)
-    return t
+    return fit_columns(t)
 
 
 def render_rom(info: RomInfo, live_copy: bool = False) -> RenderableType:

@@ -2,6 +2,9 @@
 
 A ROM call and its return are one row (the return's results joined by ``call_seq``); lazy-mode
 changes, PTE writes and batch flushes get their own rows so the order of what happened shows.
+With the calls' Linux context (``describe``), a call's row names its caller (the return address
+as function+offset: exact whatever call instruction Linux used) and its task (pid and comm).
+The profile (``render_profile``) counts calls by VMI call x kernel caller.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ from rich.text import Text
 
 from vmigdb import abi, decode
 from vmigdb import trace as tr
+from vmigdb.context import ProfileRow
+from vmigdb.views.console import fit_columns
 
 Symbolize = Callable[[int], str]
+#: A call's (caller, task) as a row shows them.
+Describe = Callable[[tr.RomCall], tuple[str, str]]
 
 
 def _kinds(call: str) -> dict[str, str]:
@@ -42,9 +49,10 @@ def format_results(results: dict[str, int]) -> str:
     return " ".join(f"{k}={v:#x}" for k, v in results.items())
 
 
-def select(events: Iterable[tr.Event], *, call: str | None = None, since: int | None = None
-           ) -> list[tr.Event]:
-    """The events a trace view shows: returns folded into calls, optional filters."""
+def select(events: Iterable[tr.Event], *, call: str | None = None, since: int | None = None,
+           only: set[int] | None = None) -> list[tr.Event]:
+    """The events a trace view shows: returns folded into calls, optional filters (``only``:
+    the seqs to keep, when a filter chose them)."""
     out = []
     for e in events:
         if isinstance(e, tr.RomReturn):
@@ -52,6 +60,8 @@ def select(events: Iterable[tr.Event], *, call: str | None = None, since: int | 
         if since is not None and e.seq < since:
             continue
         if call is not None and not (isinstance(e, tr.RomCall) and e.call == call):
+            continue
+        if only is not None and e.seq not in only:
             continue
         out.append(e)
     return out
@@ -64,13 +74,15 @@ def _site(addr: int, symbolize: Symbolize | None) -> str:
     return f"{addr:#x} {name}".rstrip()
 
 
-def _row(e: tr.Event, returns: dict[int, tr.RomReturn], symbolize: Symbolize | None
-         ) -> tuple[str, Text, str | Text, str | Text, str | Text]:
+def _row(e: tr.Event, returns: dict[int, tr.RomReturn], symbolize: Symbolize | None,
+         describe: Describe | None = None) -> tuple[str | Text, ...]:
     if isinstance(e, tr.RomCall):
         r = returns.get(e.seq)
         result = format_results(r.results) if r and r.results else ("" if r else "(no return)")
+        where: tuple[str | Text, ...] = ((Text(_site(e.site, symbolize)),) if describe is None
+                                         else tuple(Text(x) for x in describe(e)))
         return (str(e.seq), Text(e.call, style="bold"), Text(format_args(e.call, e.args)),
-                Text(result), Text(_site(e.site, symbolize)))
+                Text(result), *where)
     if isinstance(e, tr.PteWrite):
         how = f"batch {e.batch}" if e.deferred else "direct"
         return (str(e.seq), Text("  pte write", style="cyan"),
@@ -95,21 +107,53 @@ def _row(e: tr.Event, returns: dict[int, tr.RomReturn], symbolize: Symbolize | N
 
 def render_trace(events: Sequence[tr.Event], *, last: int | None = 20, call: str | None = None,
                  since: int | None = None, symbolize: Symbolize | None = None,
-                 title: str = "") -> RenderableType:
-    """The last ``last`` rows (None: all) of the trace, filtered by call name and seq."""
+                 title: str = "", describe: Describe | None = None,
+                 only: set[int] | None = None) -> RenderableType:
+    """The last ``last`` rows (None: all) of the trace, filtered by call name and seq (and to
+    the seqs in ``only``). With ``describe`` the calls show their caller and task instead of
+    the calling site."""
     returns = {e.call_seq: e for e in events if isinstance(e, tr.RomReturn)}
-    rows = select(events, call=call, since=since)
+    rows = select(events, call=call, since=since, only=only)
     shown = rows[-last:] if last is not None and last > 0 else rows
     t = Table(title=title or f"VMI trace: {len(shown)} of {len(rows)} rows")
-    t.add_column("seq", justify="right")
+    t.add_column("seq", justify="right", no_wrap=True)
     t.add_column("call")
     t.add_column("arguments")
     t.add_column("results")
-    t.add_column("site")
+    if describe is None:
+        t.add_column("site")
+    else:
+        t.add_column("caller")
+        t.add_column("task")
     for e in shown:
-        t.add_row(*_row(e, returns, symbolize))
+        row = _row(e, returns, symbolize, describe)
+        t.add_row(*row, *([""] * (len(t.columns) - len(row))))
     calls = sum(1 for e in events if isinstance(e, tr.RomCall))
-    return Group(t, Text(f"{len(events)} events, {calls} ROM calls"))
+    return Group(fit_columns(t), Text(f"{len(events)} events, {calls} ROM calls"))
+
+
+def render_profile(rows: Sequence[ProfileRow], *, top: int | None = 20, total: int = 0,
+                   title: str = "") -> RenderableType:
+    """ROM calls by VMI call x kernel caller: count, share of that call, share of all; the
+    ``top`` rows (None: all). A call made through Linux's vmi_* glue counts for the glue's
+    caller, and says which glue."""
+    shown = rows[:top] if top else rows
+    counted = sum(r.count for r in rows)
+    t = Table(title=title or f"ROM calls by VMI call x kernel caller: {len(shown)} of "
+              f"{len(rows)} rows")
+    t.add_column("calls", justify="right", no_wrap=True)
+    t.add_column("of call", justify="right", no_wrap=True)
+    t.add_column("of all", justify="right", no_wrap=True)
+    t.add_column("VMI call", no_wrap=True)
+    t.add_column("kernel caller")
+    t.add_column("via")
+    for r in shown:
+        t.add_row(str(r.count), f"{r.of_call:.1%}", f"{r.of_all:.1%}", Text(r.call, style="bold"),
+                  r.caller, r.via)
+    note = f"{counted} ROM calls counted"
+    if total and total != counted:
+        note += f" of {total} traced"
+    return Group(fit_columns(t), Text(note))
 
 
 def call_counts(events: Iterable[tr.Event]) -> dict[str, int]:

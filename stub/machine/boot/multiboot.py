@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vmigdb import elf
 from vmigdb.errors import GuestImageError
 from vmigdb.stub.machine.boot import BootImage
 
@@ -49,9 +50,6 @@ GDT_ENTRIES = (
     0x000093000000FFFF,
 )
 
-_PT_LOAD = 1
-_EM_386 = 3
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -75,33 +73,29 @@ class LoadPlan:
 
 
 def parse(image: bytes) -> LoadPlan:
-    """Check an ELF32 multiboot kernel and list what to load. GuestImageError on bad input."""
-    if len(image) < 52 or image[:4] != b"\x7fELF":
-        raise GuestImageError("not an ELF file")
-    ei_class, ei_data = image[4], image[5]
-    (e_machine,) = struct.unpack_from("<H", image, 18)
-    if ei_class != 1 or ei_data != 1 or e_machine != _EM_386:
+    """Check an ELF32 multiboot kernel (read with pyelftools: vmigdb.elf) and list what to
+    load. GuestImageError on bad input."""
+    f = elf.parse(image)
+    if f.elfclass != 32 or not f.little_endian or f["e_machine"] != "EM_386":
         raise GuestImageError("not a 32-bit x86 ELF")
     header = _find_header(image)
     if header is None:
         raise GuestImageError("no multiboot header in the first 8 KiB")
     off, flags = header
-    (e_entry, e_phoff) = struct.unpack_from("<II", image, 24)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", image, 42)
-    if e_phnum == 0 or e_phentsize < 32 or e_phoff + e_phnum * e_phentsize > len(image):
+    h = f.header
+    if h.e_phnum == 0 or h.e_phentsize < 32 or h.e_phoff + h.e_phnum * h.e_phentsize > len(image):
         raise GuestImageError("ELF program headers are missing or truncated")
     segs = []
-    for i in range(e_phnum):
-        p_type, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
-            "<6I", image, e_phoff + i * e_phentsize)
-        if p_type != _PT_LOAD or p_memsz == 0:
+    for i, seg in enumerate(elf.segments(f)):
+        p_offset, p_filesz, p_memsz = seg["p_offset"], seg["p_filesz"], seg["p_memsz"]
+        if seg["p_type"] != "PT_LOAD" or p_memsz == 0:
             continue
         if p_offset + p_filesz > len(image) or p_filesz > p_memsz:
             raise GuestImageError(f"ELF segment {i} is truncated")
-        segs.append(Segment(p_paddr, image[p_offset:p_offset + p_filesz], p_memsz))
+        segs.append(Segment(seg["p_paddr"], image[p_offset:p_offset + p_filesz], p_memsz))
     if not segs:
         raise GuestImageError("ELF has no loadable segment")
-    return LoadPlan(e_entry, tuple(segs), off, flags)
+    return LoadPlan(h.e_entry, tuple(segs), off, flags)
 
 
 def _find_header(image: bytes) -> tuple[int, int] | None:

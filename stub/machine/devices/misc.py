@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from vmigdb import debugexit
 from vmigdb.stub.machine.native import lib
 
-DEBUG_EXIT = 0xF4  # isa-debug-exit,iobase=0xf4,iosize=4
-DEBUG_EXIT_PORTS = tuple(range(DEBUG_EXIT, DEBUG_EXIT + 4))
+DEBUG_EXIT = debugexit.IOBASE  # where QEMU's reference command line puts isa-debug-exit
+DEBUG_EXIT_PORTS = tuple(range(DEBUG_EXIT, DEBUG_EXIT + debugexit.IOSIZE))
 DMA_PORTS = (*range(0x10), *range(0x81, 0x90), *range(0xC0, 0xE0))
 PORTS = {lib.VM_DEV_DEBUG_EXIT: DEBUG_EXIT_PORTS, lib.VM_DEV_DELAY: (0x80,),
          lib.VM_DEV_PORT92: (0x92,), lib.VM_DEV_DMA: DMA_PORTS}
