@@ -6,7 +6,6 @@ One test drives real gdb against it to check gdb accepts the target description 
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from fakemachine import CODE, DATA, ROM_BASE, ROM_SIZE, FakeMachine
+from rspclient import RspClient
 from targets import gdb_batch
 
 from vmigdb import x86
@@ -25,69 +25,6 @@ from vmigdb.stub.server import THREADS_XML, Server
 
 def test_the_fake_implements_the_whole_interface() -> None:
     assert isinstance(FakeMachine(), MachineInterface)
-
-
-class Client:
-    """A raw RSP client: frames packets, handles acks, collects console output."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.decoder = rsp.Decoder()
-        self.events: list[tuple[rsp.Event, bytes]] = []
-        self.no_ack = False
-        self.console = ""
-
-    def next_event(self) -> tuple[rsp.Event, bytes]:
-        while not self.events:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("closed")
-            self.events += self.decoder.feed(data)
-        return self.events.pop(0)
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def packet(self) -> bytes:
-        """The next packet (acking it in ack mode), skipping stray acks; O packets collected."""
-        while True:
-            ev, payload = self.next_event()
-            if ev is rsp.Event.PACKET:
-                if not self.no_ack:
-                    self.sock.sendall(b"+")
-                if payload.startswith(b"O") and payload != b"OK":
-                    self.console += bytes.fromhex(payload[1:].decode()).decode()
-                    continue
-                return payload
-
-    def ask(self, payload: bytes) -> bytes:
-        self.sock.sendall(rsp.frame(payload))
-        if not self.no_ack:
-            ev, _ = self.next_event()
-            assert ev is rsp.Event.ACK
-        return self.packet()
-
-    def monitor(self, line: str) -> tuple[bytes, str]:
-        self.console = ""
-        reply = self.ask(b"qRcmd," + line.encode().hex().encode())
-        return reply, self.console
-
-    def closed(self) -> bool:
-        """True once the server closed the connection (polled with a deadline)."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if not self.sock.recv(65536):
-                    return True
-            except ConnectionResetError:
-                return True
-            except TimeoutError:
-                continue
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -107,8 +44,8 @@ def stub() -> Iterator[tuple[Server, FakeMachine]]:
 
 
 @pytest.fixture
-def gdb(stub: tuple[Server, FakeMachine]) -> Iterator[Client]:
-    client = Client(stub[0].port)
+def gdb(stub: tuple[Server, FakeMachine]) -> Iterator[RspClient]:
+    client = RspClient(stub[0].port)
     yield client
     client.close()
 
@@ -137,22 +74,22 @@ def _wait(cond, what: str) -> None:
 # --- framing and acks -----------------------------------------------------------------------------
 
 
-def test_ack_checksum_nak_resend_and_no_ack_mode(gdb: Client) -> None:
-    gdb.send_raw(rsp.frame(b"qC"))
-    assert gdb.next_event() == (rsp.Event.ACK, b"")
-    assert gdb.next_event() == (rsp.Event.PACKET, b"QC1")
-    gdb.send_raw(b"-")  # NAK: the same reply again
-    assert gdb.next_event() == (rsp.Event.PACKET, b"QC1")
-    gdb.send_raw(b"$qC#00")  # bad checksum: NAK from the stub
-    assert gdb.next_event() == (rsp.Event.NAK, b"")
-    gdb.send_raw(b"+")  # stray acks are tolerated
+def test_ack_checksum_nak_resend_and_no_ack_mode(gdb: RspClient) -> None:
+    gdb.send(rsp.frame(b"qC"))
+    assert gdb.event() == (rsp.Event.ACK, b"")
+    assert gdb.event() == (rsp.Event.PACKET, b"QC1")
+    gdb.send(b"-")  # NAK: the same reply again
+    assert gdb.event() == (rsp.Event.PACKET, b"QC1")
+    gdb.send(b"$qC#00")  # bad checksum: NAK from the stub
+    assert gdb.event() == (rsp.Event.NAK, b"")
+    gdb.send(b"+")  # stray acks are tolerated
     assert gdb.ask(b"QStartNoAckMode") == b"OK"
     gdb.no_ack = True
-    gdb.send_raw(rsp.frame(b"qAttached"))
-    assert gdb.next_event() == (rsp.Event.PACKET, b"1")  # no '+' before it any more
+    gdb.send(rsp.frame(b"qAttached"))
+    assert gdb.event() == (rsp.Event.PACKET, b"1")  # no '+' before it any more
 
 
-def test_qsupported_advertises_only_what_is_implemented(gdb: Client) -> None:
+def test_qsupported_advertises_only_what_is_implemented(gdb: RspClient) -> None:
     reply = gdb.ask(b"qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;xmlRegisters=i386")
     feats = dict(f.partition(b"=")[::2] for f in reply.split(b";"))
     assert int(feats[b"PacketSize"], 16) >= 0x4000
@@ -168,7 +105,7 @@ def test_qsupported_advertises_only_what_is_implemented(gdb: Client) -> None:
     assert gdb.ask(b"qTStatus") == b"" and gdb.ask(b"qOffsets") == b""
 
 
-def _xfer(gdb: Client, obj: bytes, annex: bytes) -> bytes:
+def _xfer(gdb: RspClient, obj: bytes, annex: bytes) -> bytes:
     doc, off = b"", 0
     while True:
         reply = gdb.ask(b"qXfer:%s:read:%s:%x,%x" % (obj, annex, off, 0x333))
@@ -179,13 +116,13 @@ def _xfer(gdb: Client, obj: bytes, annex: bytes) -> bytes:
             return doc
 
 
-def test_target_xml_in_chunks(gdb: Client) -> None:
+def test_target_xml_in_chunks(gdb: RspClient) -> None:
     doc = _xfer(gdb, b"features", b"target.xml")
     assert doc == target.TARGET_XML
     assert gdb.ask(b"qXfer:features:read:other.xml:0,100") == b"E00"
 
 
-def test_memory_map(gdb: Client) -> None:
+def test_memory_map(gdb: RspClient) -> None:
     root = ET.fromstring(_xfer(gdb, b"memory-map", b""))
     regions = [(m.get("type"), int(m.get("start"), 16), int(m.get("length"), 16))
                for m in root.findall("memory")]
@@ -199,7 +136,7 @@ def test_memory_map(gdb: Client) -> None:
 # --- registers ------------------------------------------------------------------------------------
 
 
-def test_g_p_P_G_round_trips(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_g_p_P_G_round_trips(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     _, machine = stub
     g = gdb.ask(b"g")
     assert len(g) == 2 * target.G_SIZE
@@ -231,7 +168,7 @@ def test_g_p_P_G_round_trips(stub: tuple[Server, FakeMachine], gdb: Client) -> N
 # --- memory ---------------------------------------------------------------------------------------
 
 
-def test_m_M_X(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_m_M_X(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     _, machine = stub
     assert gdb.ask(b"M8000,4:01020304") == b"OK"
     assert gdb.ask(b"m8000,4") == b"01020304"
@@ -257,7 +194,7 @@ def test_m_M_X(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
 # --- run control ----------------------------------------------------------------------------------
 
 
-def test_status_reply_expedites_ebp_esp_eip(gdb: Client) -> None:
+def test_status_reply_expedites_ebp_esp_eip(gdb: RspClient) -> None:
     sig, fields = _parse_stop(gdb.ask(b"?"))
     assert sig == 5
     assert fields["05"] == _reg_hex("ebp", 0x7FF8)
@@ -268,7 +205,7 @@ def test_status_reply_expedites_ebp_esp_eip(gdb: Client) -> None:
 
 @pytest.mark.parametrize("packet", [b"vCont;s:1;c", b"vCont;s:p1.1;c:p1.-1", b"s", b"S05",
                                     b"vCont;S05:1;c"])
-def test_step_forms(stub: tuple[Server, FakeMachine], gdb: Client, packet: bytes) -> None:
+def test_step_forms(stub: tuple[Server, FakeMachine], gdb: RspClient, packet: bytes) -> None:
     _, machine = stub
     sig, fields = _parse_stop(gdb.ask(packet))
     assert sig == 5 and fields["08"] == _reg_hex("eip", CODE + 1)
@@ -276,7 +213,7 @@ def test_step_forms(stub: tuple[Server, FakeMachine], gdb: Client, packet: bytes
 
 
 @pytest.mark.parametrize("packet", [b"vCont;c", b"vCont;c:-1", b"vCont;c:p1.-1", b"c", b"C05"])
-def test_continue_forms_stop_at_breakpoint(stub: tuple[Server, FakeMachine], gdb: Client,
+def test_continue_forms_stop_at_breakpoint(stub: tuple[Server, FakeMachine], gdb: RspClient,
                                            packet: bytes) -> None:
     _, machine = stub
     gdb.ask(b"qSupported:swbreak+;hwbreak+")
@@ -288,7 +225,7 @@ def test_continue_forms_stop_at_breakpoint(stub: tuple[Server, FakeMachine], gdb
     assert gdb.ask(b"z0,%x,1" % (CODE + 5)) == b"OK" and machine.breakpoints == set()
 
 
-def test_continue_with_address_and_hwbreak(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_continue_with_address_and_hwbreak(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     _, machine = stub
     gdb.ask(b"qSupported:swbreak+;hwbreak+")
     assert gdb.ask(b"Z1,%x,1" % (CODE + 0x25)) == b"OK"
@@ -304,7 +241,7 @@ def test_continue_with_address_and_hwbreak(stub: tuple[Server, FakeMachine], gdb
 
 @pytest.mark.parametrize(("ztype", "op", "kind"), [(2, 0x89, "watch"), (3, 0x8B, "rwatch"),
                                                    (4, 0x89, "awatch"), (4, 0x8B, "awatch")])
-def test_watchpoints(stub: tuple[Server, FakeMachine], gdb: Client, ztype: int, op: int,
+def test_watchpoints(stub: tuple[Server, FakeMachine], gdb: RspClient, ztype: int, op: int,
                      kind: str) -> None:
     _, machine = stub
     machine.mem[CODE + 3] = op
@@ -318,30 +255,30 @@ def test_watchpoints(stub: tuple[Server, FakeMachine], gdb: Client, ztype: int, 
 
 
 def test_ctrl_c_interrupts_a_run_that_never_ends_by_itself(stub: tuple[Server, FakeMachine],
-                                                           gdb: Client) -> None:
+                                                           gdb: RspClient) -> None:
     _, machine = stub
     machine.mem[CODE + 2] = 0xEB
-    gdb.send_raw(b"\x03")  # while stopped: ignored
-    gdb.send_raw(rsp.frame(b"vCont;c"))
-    assert gdb.next_event()[0] is rsp.Event.ACK  # acked before the run, not at its end
+    gdb.send(b"\x03")  # while stopped: ignored
+    gdb.send(rsp.frame(b"vCont;c"))
+    assert gdb.event()[0] is rsp.Event.ACK  # acked before the run, not at its end
     _wait(lambda: machine.running, "the run to start")
-    gdb.send_raw(b"\x03")
-    sig, fields = _parse_stop(gdb.packet())
+    gdb.send(b"\x03")
+    sig, fields = _parse_stop(gdb.reply())
     assert sig == 2 and fields["08"] == _reg_hex("eip", CODE + 2)
     assert gdb.ask(b"qC") == b"QC1"  # and the session goes on
 
 
 def test_ctrl_c_right_behind_the_continue_is_not_lost(stub: tuple[Server, FakeMachine],
-                                                      gdb: Client) -> None:
+                                                      gdb: RspClient) -> None:
     _, machine = stub
     machine.mem[CODE] = 0xEB
-    gdb.send_raw(rsp.frame(b"c") + b"\x03")
-    assert gdb.next_event()[0] is rsp.Event.ACK
-    assert _parse_stop(gdb.packet())[0] == 2
+    gdb.send(rsp.frame(b"c") + b"\x03")
+    assert gdb.event()[0] is rsp.Event.ACK
+    assert _parse_stop(gdb.reply())[0] == 2
 
 
 @pytest.mark.parametrize(("op", "expected"), [(0xE6, b"T05"), (0x0F, b"T04"), (0xF4, b"T05")])
-def test_exit_fault_halt(stub: tuple[Server, FakeMachine], gdb: Client, op: int,
+def test_exit_fault_halt(stub: tuple[Server, FakeMachine], gdb: RspClient, op: int,
                          expected: bytes) -> None:
     server, machine = stub
     machine.mem[CODE + 1] = op
@@ -362,22 +299,22 @@ def test_exit_fault_halt(stub: tuple[Server, FakeMachine], gdb: Client, op: int,
     gdb.close()
     _wait(lambda: not server._busy, "the session to end")
     resets = machine.resets
-    second = Client(server.port)
+    second = RspClient(server.port)
     assert second.ask(b"?").startswith(b"T05")
     assert machine.resets == resets + 1
     second.close()
 
 
-def test_malformed_and_unknown_packets_leave_the_stub_answering(gdb: Client) -> None:
+def test_malformed_and_unknown_packets_leave_the_stub_answering(gdb: RspClient) -> None:
     for bad in (b"mzz", b"m1000", b"M1000,1", b"P", b"pzz", b"Z0", b"vCont;q", b"vCont", b"H",
                 b"qRcmd,zz", b"C", b"qXfer:features:read:target.xml:zz"):
         reply = gdb.ask(bad)
         assert reply.startswith(b"E") or reply == b"", (bad, reply)
     for unknown in (b"vFile:open:6a", b"qThreadExtraInfo,1", b"!", b"bc", b"Qfoo", b"qSymbol::"):
         assert gdb.ask(unknown) == b""
-    gdb.send_raw(b"garbage\x00\xff$$$##" + b"$g#00" + rsp.frame(b"?"))
+    gdb.send(b"garbage\x00\xff$$$##" + b"$g#00" + rsp.frame(b"?"))
     seen = []
-    while (ev := gdb.next_event())[0] is not rsp.Event.PACKET:
+    while (ev := gdb.event())[0] is not rsp.Event.PACKET:
         seen.append(ev[0])
     assert ev[1].startswith(b"T05")
     assert rsp.Event.NAK in seen and set(seen) <= {rsp.Event.NAK, rsp.Event.ACK}
@@ -386,7 +323,7 @@ def test_malformed_and_unknown_packets_leave_the_stub_answering(gdb: Client) -> 
 # --- connection life cycle -------------------------------------------------------------------------
 
 
-def test_detach_then_reconnect_keeps_state(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_detach_then_reconnect_keeps_state(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     server, machine = stub
     assert gdb.ask(b"P0=78563412") == b"OK"
     assert gdb.ask(b"Z0,1010,1") == b"OK" and gdb.ask(b"Z2,8000,4") == b"OK"
@@ -394,46 +331,46 @@ def test_detach_then_reconnect_keeps_state(stub: tuple[Server, FakeMachine], gdb
     assert gdb.closed()
     _wait(lambda: not server._busy, "the session to end")
     assert not machine.breakpoints and not machine.watchpoints
-    again = Client(server.port)
+    again = RspClient(server.port)
     assert again.ask(b"p0") == b"78563412"
     again.close()
 
 
-def test_kill_resets_and_stub_stays_ready(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_kill_resets_and_stub_stays_ready(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     server, machine = stub
     gdb.ask(b"P0=78563412")
-    gdb.send_raw(rsp.frame(b"k"))
+    gdb.send(rsp.frame(b"k"))
     assert gdb.closed()
     assert machine.resets == 1 and machine.regs["eax"] == 0x2BADB002
     _wait(lambda: not server._busy, "the session to end")
-    again = Client(server.port)
+    again = RspClient(server.port)
     assert again.ask(b"qC") == b"QC1"
     again.close()
 
 
 def test_gdb_vanishing_mid_run_interrupts_and_next_gdb_connects(
-        stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+        stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     server, machine = stub
     machine.mem[CODE] = 0xEB
     assert gdb.ask(b"Z0,2000,1") == b"OK"
-    gdb.send_raw(rsp.frame(b"c"))
+    gdb.send(rsp.frame(b"c"))
     _wait(lambda: machine.running, "the run to start")
     gdb.close()
     _wait(lambda: not machine.running and not server._busy, "the run to be stopped")
     assert not machine.breakpoints
-    again = Client(server.port)
+    again = RspClient(server.port)
     assert again.ask(b"?").startswith(b"T05")
     again.close()
 
 
 def test_second_connection_is_refused_while_first_continues(stub: tuple[Server, FakeMachine],
-                                                            gdb: Client) -> None:
+                                                            gdb: RspClient) -> None:
     server, _ = stub
     assert gdb.ask(b"qC") == b"QC1"
-    other = Client(server.port)
-    other.send_raw(rsp.frame(b"qSupported:swbreak+"))
-    assert other.next_event() == (rsp.Event.ACK, b"")
-    assert other.next_event() == (rsp.Event.PACKET, (b"E.vmigdb: another gdb is already connected"
+    other = RspClient(server.port)
+    other.send(rsp.frame(b"qSupported:swbreak+"))
+    assert other.event() == (rsp.Event.ACK, b"")
+    assert other.event() == (rsp.Event.PACKET, (b"E.vmigdb: another gdb is already connected"
                                                     b" to this stub"))
     assert other.closed()
     assert any("refused" in line for line in server.logs)  # type: ignore[attr-defined]
@@ -443,7 +380,7 @@ def test_second_connection_is_refused_while_first_continues(stub: tuple[Server, 
 # --- monitor ------------------------------------------------------------------------------------
 
 
-def test_monitor_commands(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_monitor_commands(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     server, machine = stub
     reply, text = gdb.monitor("help")
     assert reply == b"OK"
@@ -508,7 +445,7 @@ def test_real_gdb_accepts_description_and_layout(stub: tuple[Server, FakeMachine
 
 
 def test_monitor_info_mem_and_tlb_walk_the_page_tables(stub: tuple[Server, FakeMachine],
-                                                       gdb: Client) -> None:
+                                                       gdb: RspClient) -> None:
     _, machine = stub
     pd, table = 0x10000, 0x11000
     machine.mem[pd + 4 * 0x300 : pd + 4 * 0x301] = (table | 0x3).to_bytes(4, "little")
@@ -521,7 +458,7 @@ def test_monitor_info_mem_and_tlb_walk_the_page_tables(stub: tuple[Server, FakeM
                                                "00000000c0001000: 0000000000006000 ---------\n"))
 
 
-def test_monitor_qemu_names(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_monitor_qemu_names(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     """QEMU's ``system_reset``, ``info cpus`` and ``x`` beside ours, in QEMU's formats (checked
     against qemu-system-i386 7.2's HMP)."""
     _, machine = stub
@@ -552,7 +489,7 @@ def test_monitor_qemu_names(stub: tuple[Server, FakeMachine], gdb: Client) -> No
 # --- hardening: errors, G, addresses, stale interrupts, the lobby ------------------------------------
 
 
-def test_a_failing_G_changes_no_register(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_a_failing_G_changes_no_register(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     """G is all or nothing: the fake does not model fop, so a G that sets it fails, and the
     registers written before it are put back."""
     _, machine = stub
@@ -579,7 +516,7 @@ def test_a_bug_in_a_handler_is_logged_in_one_line_and_answered_E03() -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        gdb = Client(server.port)
+        gdb = RspClient(server.port)
         assert gdb.ask(b"qvmigdb.broken:1") == b"E03"
         assert gdb.ask(b"qC") == b"QC1"  # and the session goes on
         bugs = [line for line in logs if "qvmigdb.broken" in line]
@@ -598,7 +535,7 @@ def test_a_bug_in_a_handler_is_logged_in_one_line_and_answered_E03() -> None:
         thread.join(10)
 
 
-def test_addresses_past_32_bits_answer_E14(stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+def test_addresses_past_32_bits_answer_E14(stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     _, machine = stub
     for packet in (b"m100008000,4", b"M100008000,1:00", b"X10000000000000000,1:A",
                    b"Z0,100001005,1", b"z0,100001005,1", b"Z2,ffffffff,2", b"c100001000"):
@@ -608,7 +545,7 @@ def test_addresses_past_32_bits_answer_E14(stub: tuple[Server, FakeMachine], gdb
 
 
 def test_an_interrupt_kept_from_between_runs_does_not_stop_the_next_continue(
-        stub: tuple[Server, FakeMachine], gdb: Client) -> None:
+        stub: tuple[Server, FakeMachine], gdb: RspClient) -> None:
     """The machine keeps an interrupt asked for between runs (a Ctrl-C that raced the last
     stop); the stop it causes is not one gdb asked for, so the continue goes on to its
     breakpoint."""
@@ -621,14 +558,14 @@ def test_an_interrupt_kept_from_between_runs_does_not_stop_the_next_continue(
 
 
 def test_ctrl_c_after_a_run_ended_is_ignored(stub: tuple[Server, FakeMachine],
-                                              gdb: Client) -> None:
+                                              gdb: RspClient) -> None:
     _, machine = stub
     machine.mem[CODE + 2] = 0xEB
-    gdb.send_raw(rsp.frame(b"c"))
-    assert gdb.next_event()[0] is rsp.Event.ACK
+    gdb.send(rsp.frame(b"c"))
+    assert gdb.event()[0] is rsp.Event.ACK
     _wait(lambda: machine.running, "the run to start")
-    gdb.send_raw(b"\x03\x03\x03")
-    assert _parse_stop(gdb.packet())[0] == 2
+    gdb.send(b"\x03\x03\x03")
+    assert _parse_stop(gdb.reply())[0] == 2
     machine.mem[CODE + 2] = 0x90
     assert gdb.ask(b"Z0,%x,1" % (CODE + 4)) == b"OK"
     assert _parse_stop(gdb.ask(b"c"))[0] == 5  # not SIGINT from the extra 0x03s
@@ -653,17 +590,17 @@ def strict_stub() -> Iterator[tuple[Server, FakeMachine]]:
 def test_the_lobby_drops_silent_trickling_and_surplus_connections(
         strict_stub: tuple[Server, FakeMachine]) -> None:
     server, _ = strict_stub
-    silent = Client(server.port)
-    trickler = Client(server.port)
-    trickler.send_raw(b"$qSupp")
-    gdb = Client(server.port)
+    silent = RspClient(server.port)
+    trickler = RspClient(server.port)
+    trickler.send(b"$qSupp")
+    gdb = RspClient(server.port)
     assert gdb.ask(b"qSupported:swbreak+").startswith(b"PacketSize")  # the silent ones wait
     assert silent.closed()  # the idle limit
     deadline = time.monotonic() + 10
     while not trickler.closed():  # the handshake deadline, whatever it trickles
         assert time.monotonic() < deadline
-        trickler.send_raw(b"o")
-    surplus = [Client(server.port) for _ in range(6)]
+        trickler.send(b"o")
+    surplus = [RspClient(server.port) for _ in range(6)]
     assert surplus[0].closed() and surplus[1].closed()  # pushed out by newer ones
     assert gdb.ask(b"qC") == b"QC1"
     for c in (silent, trickler, gdb, *surplus):
@@ -675,9 +612,9 @@ def test_a_reconnect_waits_for_the_old_session_to_end(stub: tuple[Server, FakeMa
     """A gdb that closed without D: the newcomer is not refused while its old session ends."""
     server, _ = stub
     for _ in range(20):
-        first = Client(server.port)
+        first = RspClient(server.port)
         assert first.ask(b"qC") == b"QC1"
         first.close()
-        again = Client(server.port)
+        again = RspClient(server.port)
         assert again.ask(b"qSupported").startswith(b"PacketSize")
         again.close()

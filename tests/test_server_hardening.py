@@ -18,18 +18,17 @@ import os
 import re
 import select
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import Built
+from rspclient import QSUPPORTED, RspClient
 from targets import gdb_batch
 
 from vmigdb.mi import die_with_parent
@@ -40,7 +39,6 @@ from vmigdb.targets import stop_process
 START_DEADLINE = 20.0
 SIGINT, SIGTRAP = 2, 5
 #: What gdb 13 sends first (trimmed): enough for the stub to treat the peer as a gdb.
-QSUPPORTED = b"qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;xmlRegisters=i386"
 REFUSED = b"E.vmigdb"
 
 
@@ -112,78 +110,13 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-# --- a raw RSP client --------------------------------------------------------------------------------
-
-
-class Gdb:
-    """A raw RSP client in ack mode, as gdb starts: frames packets, acks replies, keeps ``O``
-    console output apart."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.decoder = rsp.Decoder()
-        self.events: deque[tuple[rsp.Event, bytes]] = deque()
-        self.console = ""
-
-    def event(self) -> tuple[rsp.Event, bytes]:
-        while not self.events:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the stub closed the connection")
-            self.events.extend(self.decoder.feed(data))
-        return self.events.popleft()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def ack(self) -> None:
-        """Wait for the stub's ``+`` for the packet just sent (it comes before a run starts)."""
-        ev, _ = self.event()
-        assert ev is rsp.Event.ACK, ev
-
-    def reply(self) -> bytes:
-        """The next packet, acked; ``O`` packets go to ``console``; stray acks are skipped."""
-        while True:
-            ev, payload = self.event()
-            if ev is not rsp.Event.PACKET:
-                continue
-            self.sock.sendall(b"+")
-            if payload.startswith(b"O") and payload != b"OK":
-                self.console += bytes.fromhex(payload[1:].decode()).decode()
-                continue
-            return payload
-
-    def ask(self, payload: bytes) -> bytes:
-        self.sock.sendall(rsp.frame(payload))
-        return self.reply()
-
-    def handshake(self) -> bytes:
-        """gdb's opening: ``+`` then qSupported; the stub's answer (features or a refusal)."""
-        self.sock.sendall(b"+" + rsp.frame(QSUPPORTED))
-        return self.reply()
-
-    def resume(self, payload: bytes = b"c") -> None:
-        self.sock.sendall(rsp.frame(payload))
-        self.ack()
-
-    def close(self) -> None:
-        """Close without ``D`` (FIN)."""
-        self.sock.close()
-
-    def reset(self) -> None:
-        """Close without ``D`` by RST, as a killed gdb's kernel may."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-
 def stop_signal(reply: bytes) -> int:
     assert reply[:1] == b"T", reply
     return int(reply[1:3], 16)
 
 
-def connected(stub: Stub) -> Gdb:
-    g = Gdb(stub.port)
+def connected(stub: Stub) -> RspClient:
+    g = RspClient(stub.port)
     assert g.handshake().startswith(b"PacketSize"), "refused"
     return g
 
@@ -198,7 +131,7 @@ def test_a_silent_connection_does_not_keep_gdb_out(stubs) -> None:
     silent = socket.create_connection(("127.0.0.1", stub.port), timeout=10)
     try:
         t0 = time.monotonic()
-        g = Gdb(stub.port)
+        g = RspClient(stub.port)
         reply = g.handshake()
         assert not reply.startswith(REFUSED), reply
         assert time.monotonic() - t0 < HANDSHAKE_DEADLINE
@@ -264,7 +197,7 @@ def test_trickling_refusals_under_a_low_fd_limit_do_not_take_the_stub_down(stubs
         assert first.ask(b"D") == b"OK"
         first.close()
         t0 = time.monotonic()
-        second = Gdb(stub.port)
+        second = RspClient(stub.port)
         reply = second.handshake()
         assert time.monotonic() - t0 < 1.0, "the next gdb waited"
         assert reply.startswith(b"PacketSize"), reply
@@ -360,7 +293,7 @@ def test_instant_reconnects_after_closing_without_detach_are_not_refused(stubs) 
     stub = stubs()
     refused = 0
     for i in range(50):
-        g = Gdb(stub.port)
+        g = RspClient(stub.port)
         reply = g.handshake()
         if reply.startswith(REFUSED):
             refused += 1
@@ -379,7 +312,7 @@ def test_instant_reconnects_after_closing_without_detach_are_not_refused(stubs) 
 # --- 3. stray Ctrl-C ---------------------------------------------------------------------------------
 
 
-def _run_to(g: Gdb, addr: int) -> None:
+def _run_to(g: RspClient, addr: int) -> None:
     assert g.ask(b"Z0,%x,1" % addr) == b"OK"
     g.resume()
     reply = g.reply()
@@ -387,7 +320,7 @@ def _run_to(g: Gdb, addr: int) -> None:
     assert g.ask(b"z0,%x,1" % addr) == b"OK"
 
 
-def _ctrl_c_until_stopped(g: Gdb) -> None:
+def _ctrl_c_until_stopped(g: RspClient) -> None:
     """Ctrl-C, then Ctrl-C again every few microseconds until the stop reply is there: the
     second and later ones land while the stop is being finished, whenever that is."""
     g.send(b"\x03")
