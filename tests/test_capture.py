@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import Built, Linux
 
 from vmigdb import abi
@@ -281,3 +282,19 @@ def test_sigkill_leaves_a_readable_prefix(built: Built, tmp_path: Path) -> None:
     f, c = read(out, partial=True)
     assert f.end is None and len(c) == cut > 10_000
     assert (np.diff(c["seq"].astype(np.int64)) == 1).all()
+
+
+@pytest.mark.parametrize("cmdline", ["spin=4000000000", "stress=5000"])
+def test_the_timeout_is_enforced_and_the_file_stays_whole(built: Built, tmp_path: Path,
+                                                          cmdline: str) -> None:
+    """A guest that outlives ``--timeout`` (spinning without a ROM call, or calling the ROM
+    without end) is stopped: status "timeout", exit 1, and a complete file up to the stop."""
+    out = tmp_path / "t.vmt"
+    r, summary = capture(built.guest, out, "--rom", str(built.rom), "--cmdline", cmdline,
+                         "--timeout", "1")
+    assert r.returncode == 1, r.stderr
+    assert summary["status"] == "timeout" and summary["ok"] is False, summary
+    assert "longer than 1 s" in summary["message"]
+    f, c = read(out)
+    assert f.end is not None and f.end["status"] == "timeout"
+    assert calls_of(c) == f.end["calls"] == summary["calls"]
