@@ -183,6 +183,16 @@ class TraceFileWriter:
         self.events += len(chunk)
 
 
+def _arrow(values: np.ndarray) -> Any:
+    """A numeric numpy column as an Arrow array over the same bytes. (``pa.array`` would
+    import pandas, when it is installed, to check for pandas types: a third of a second in
+    the stub's trace writer, for nothing.)"""
+    pa = _pa()
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
+                                 [None, pa.py_buffer(values)])
+
+
 def to_batch(chunk: ev.Chunk, sch: Any = None) -> Any:
     """A chunk as an Arrow record batch of the trace schema."""
     pa = _pa()
@@ -195,9 +205,9 @@ def to_batch(chunk: ev.Chunk, sch: Any = None) -> Any:
     offsets = np.zeros(len(chunk) + 1, np.int32)
     np.cumsum(counts, out=offsets[1:])
     values = np.stack([chunk.entries[n] for n in ("ptep", "flags", "lo", "hi")], axis=1)
-    entry = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.uint32()), 4)
-    lists = pa.ListArray.from_arrays(pa.array(offsets), entry)
-    arrays = [pa.array(chunk[name]) for name in ev.EVENT.names]
+    entry = pa.FixedSizeListArray.from_arrays(_arrow(values.reshape(-1).astype(np.uint32, copy=False)), 4)
+    lists = pa.ListArray.from_arrays(_arrow(offsets), entry)
+    arrays = [_arrow(chunk[name]) for name in ev.EVENT.names]
     return pa.RecordBatch.from_arrays([*arrays, lists], schema=sch)
 
 
