@@ -9,7 +9,13 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from vmigdb import batches, context
-from vmigdb.commands.trace import call_context, events_or_fail, name, source_or_fail
+from vmigdb.commands.trace import (
+    call_context,
+    events_or_fail,
+    first_call,
+    name,
+    source_or_fail,
+)
 from vmigdb.commands.vmi import ArgParser, complete_options, guarded, write
 from vmigdb.errors import VmiError
 from vmigdb.views.batches import (
@@ -51,7 +57,8 @@ updates, the virtual-address span, why it flushed, how it invalidated the TLB an
 saved (an unbatched ROM exits once per update: a batch of n saves n - 1). On Linux (vmlinux
 loaded before `vmi trace start`) each batch also names its cause: the task and the kernel path
 that entered lazy MMU mode (the SetLazyMode call's callers, past Linux's vmi_* glue; the stub
-sees two frames, the portable path reads the frame-pointer chain), and the PTE writes the ROM
+sees two frames, and past a helper that only calls the glue, such as arch_enter_lazy_mmu_mode,
+its caller; the portable path reads the frame-pointer chain), and the PTE writes the ROM
 made at once while the batch was open beside the updates it deferred. A ROM called in place
 (Linux's case: its state is read-only) does not batch; then, and with --sections, the view is
 the guest's own lazy-MMU sections, from SetLazyMode(MMU) to leaving it: who entered each, the
@@ -81,12 +88,13 @@ Example: vmi batches --chart --svg batches.svg"""
         have = call_context(source_or_fail())
         label = have[1].label if have else None
         if args.sections or args.task or not found:
-            sections = context.lazy_sections(events, have[0] if have else None, name)
+            sections = context.lazy_sections(events, have[0] if have else None, name,
+                                              first_call=first_call)
             if args.task:
                 if have is None or not have[1].matching(args.task):
                     raise VmiError(f"no task {args.task!r} in the trace (pid or comm)")
-                tasks = have[1].matching(args.task)
-                sections = [sec for sec in sections if sec.task in tasks]
+                sections = [sec for sec in sections
+                            if have[1].holds(args.task, sec.task, sec.seq)]
             if not sections:
                 raise VmiError("no batch flushes and no lazy-MMU sections in the trace")
             note = ("" if found else "the ROM did not batch (a ROM called in place has "
@@ -100,7 +108,8 @@ Example: vmi batches --chart --svg batches.svg"""
                 gdb.write(f"vmi batches: saved {path}\n")
             return
         stats = batches.statistics(found, events)
-        causes = context.batch_causes(events, have[0], name) if have else None
+        causes = (context.batch_causes(events, have[0], name, first_call=first_call)
+                  if have else None)
         parts = [render_timeline(found, stats, causes=causes, task_label=label)]
         if args.chart:
             parts.append(render_histogram(found))

@@ -57,6 +57,26 @@ def name(addr: int) -> str:
     return target.symbolize(addr) if addr else ""
 
 
+_first_calls: dict[int, bool] = {}
+
+
+def first_call(addr: int) -> bool:
+    """Whether the return address ``addr`` directly follows its function's first instruction, a
+    call (``arch_enter_lazy_mmu_mode``: ``call *pv_mmu_ops...``): the code is read from the
+    guest (or from vmlinux once the target is gone), the rule is ``context.is_first_call``."""
+    if addr not in _first_calls:
+        func, _, off = name(addr).partition("+")
+        offset = int(off) if off.isdigit() else 0
+        code = b""
+        if func and 2 <= offset <= 7:
+            try:
+                code = gdb.selected_inferior().read_memory(addr - offset, offset).tobytes()
+            except (gdb.error, gdb.MemoryError):
+                code = b""
+        _first_calls[addr] = context.is_first_call(code)
+    return _first_calls[addr]
+
+
 def call_context(src: tracesource.TraceSource
                  ) -> tuple[context.CallContext, context.TaskNames] | None:
     """The source's call context and task names, when its calls have any."""
@@ -91,13 +111,14 @@ def select_rows(rows: np.ndarray, tasks: context.TaskNames, *, task: str | None 
                 caller: str | None = None, calls: Sequence[VmiCall] | None = None
                 ) -> np.ndarray:
     """The context rows of the calls a ``--task``/``--caller``/``--call`` filter keeps.
+    ``--task PID|COMM``: the call's task had that pid or comm when it made the call.
     ``--caller FUNC``: the call's kernel caller is FUNC (the function holding the return
     address, or past Linux's vmi_* glue the glue's caller), or FUNC is the glue itself."""
     keep = np.ones(len(rows), bool)
     if calls:
         keep &= np.isin(rows["call"], [int(c) for c in calls])
     if task:
-        keep &= np.isin(rows["task"], sorted(tasks.matching(task)))
+        keep &= tasks.mask(task, rows["task"], rows["seq"])
     if caller:
         pairs = np.unique(np.stack((rows["ret"], rows["frame"]), axis=1)[keep], axis=0)
         hit = [(r, f) for r, f in pairs.tolist()
@@ -169,7 +190,8 @@ glue's caller), and its task (pid and comm, from the kernel's per-cpu current_ta
 --task and --caller keep the calls of that task (pid or comm) or kernel caller (function).
 `save` writes the JSON-lines trace (version 1), all of it or a selection; --no-interrupts
 leaves out the calls made in interrupt handlers (those that end with an IRET back to kernel
-mode) with everything they caused.
+mode) and, on the portable path, the reschedules a timer tick caused (calls made inside
+schedule() entered by preemption), with everything they caused.
 Example: vmi trace start; continue; vmi trace 50 --call SetPxE --task init"""
 
     def __init__(self) -> None:
@@ -286,7 +308,11 @@ Example: vmi trace start; continue; vmi trace 50 --call SetPxE --task init"""
             raise VmiError(f"no task {task!r} in the trace (pid or comm; tasks named: "
                            f"{len(tasks)})")
         rows = select_rows(ctx.rows, tasks, task=task, caller=caller)
-        return context.owned_events(events, set(rows["seq"].tolist()))
+        if not len(rows):
+            return set()
+        # What a call owns comes after it: the events before the first one kept are not read.
+        return context.owned_events(events_between(events, int(rows["seq"][0]), None),
+                                    set(rows["seq"].tolist()))
 
     def _show(self, argv: list[str]) -> None:
         args = self.show_parser.parse_args(argv)
@@ -320,10 +346,14 @@ Example: vmi trace start; continue; vmi trace 50 --call SetPxE --task init"""
                                        "stub, or a portable trace with vmlinux loaded)")
             rows = have[0].between(first, last)
             irq = context.interrupt_rows(rows)
-            drop = context.owned_events(events, set(rows["seq"][irq].tolist()))
-            meta["excluded"] = {"interrupt_calls": int(irq.sum()), "events": len(drop),
+            resched = ((rows["flags"] & context.RESCHED) != 0) & ~irq
+            drop = context.owned_events(events, set(rows["seq"][irq | resched].tolist()))
+            meta["excluded"] = {"interrupt_calls": int(irq.sum()),
+                                "reschedule_calls": int(resched.sum()), "events": len(drop),
                                 "why": "calls made in interrupt handlers (each ending with "
-                                       "an IRET back to kernel mode) and what they caused"}
+                                       "an IRET back to kernel mode), calls made inside "
+                                       "schedule() entered by preemption (where the kernel's "
+                                       "preempt_count was read), and what they caused"}
             events = [e for e in events if e.seq not in drop]
         if first is not None or last is not None:
             meta["window"] = [first, last]

@@ -26,7 +26,7 @@ from vmigdb.abi import VmiCall
 from vmigdb.commands import linuxctx, portable, target
 from vmigdb.commands.portable import PortableTracer
 from vmigdb.errors import VmiError
-from vmigdb.rawtrace import RawDecoder
+from vmigdb.rawtrace import DecoderState, RawDecoder, RawTraceError
 
 #: Events fetched per ``monitor vmi trace dump`` (a gdb remote reply carries them as hex).
 DUMP_CHUNK = 2000
@@ -136,7 +136,7 @@ class StubSource:
         return {"source": self.kind, **st, "fetched": len(self._events),
                 "lost_before_read": self.lost, "kept_dropped": self._events.dropped,
                 "tasks": ("current_task (per cpu)" if self.task_layout is not None
-                          else "unknown"),
+                          else "as the stub records them" if len(self.tasks) else "unknown"),
                 "tasks_named": len(self.tasks), "calls_without_context": self.context_lost}
 
     def events(self) -> ev.EventList:
@@ -155,9 +155,12 @@ class StubSource:
                 self.lost += first - start
                 self.gaps.append((start, first))
             try:
-                self._events.extend(tr.event_from_json(d) for d in got)
+                decoded = [tr.event_from_json(d) for d in got]
             except ValueError as e:
                 raise VmiError(f"the stub sent a bad trace event: {e}") from None
+            self._events.extend(decoded)
+            # The stub's decoded events carry no caller or task: say so in the status.
+            self.context_lost += sum(isinstance(e, tr.RomCall) for e in decoded)
             if not got:
                 return self._events
 
@@ -190,6 +193,8 @@ class StubSource:
             except rawpacket.RawPacketError as e:
                 raise VmiError(f"the stub sent a bad raw trace reply: {e}") from None
             if base > self._offset:
+                if self._offset == 0 and self._start_at_base(base):
+                    continue  # a reader that came after a clear: nothing of ours was lost
                 self._next_seq = self._decoder.state.seq
                 return False  # the stub dropped bytes we had not read
             try:
@@ -198,7 +203,7 @@ class StubSource:
                 calls, _reset = self._raw_calls.feed(data)
                 if self._decoder.resets != resets:  # the machine was reset: a fresh trace
                     self._events.clear()
-                    self.lost, self.gaps = 0, []
+                    self.lost, self.gaps, self.context_lost = 0, [], 0
                     self.context.clear()
                     self.tasks.clear()
                 self._events.add(chunk)
@@ -209,6 +214,26 @@ class StubSource:
             if len(data) < rawpacket.PER_REPLY:
                 return True
 
+    def _start_at_base(self, base: int) -> bool:
+        """Decode from the stub's first kept byte on, with the stub's decoding state there (a
+        trace cleared, or written to a file, before this reader came); False when the stub
+        does not know it (then its decoded events are all there is)."""
+        try:
+            got = _json_object(_monitor("vmi trace base"))
+        except gdb.error:
+            target.require_target()
+            return False
+        state = got.get("state") if got else None
+        if not got or got.get("base") != base or not isinstance(state, dict):
+            return False
+        try:
+            self._decoder = RawDecoder(DecoderState.from_json(state))
+        except RawTraceError:
+            return False
+        self._raw_calls = context.RawCalls()
+        self._offset = base
+        return True
+
     def _add_context(self, chunk: ev.Chunk, calls: np.ndarray) -> None:
         """The context of a decoded piece's calls, and the tasks its log named."""
         rows = context.pair_with_calls(calls, chunk)
@@ -217,9 +242,16 @@ class StubSource:
         else:
             self.context.add(rows)
         first = int(chunk["seq"][0]) if len(chunk) else self._decoder.state.seq
-        for task, (pid, comm) in self._decoder.take_tasks().items():
-            seen = np.flatnonzero(rows["task"] == task) if rows is not None else ()
-            self.tasks.add(task, pid, comm, int(rows["seq"][seen[0]]) if len(seen) else first)
+        self._decoder.take_tasks()  # the same names, by piece: RawCalls places them by item
+        named, self._raw_calls.named = self._raw_calls.named, []
+        for task, pid, comm, lo, hi in named:
+            # From the first call of that task among the records the stub read it with (the
+            # whole piece when those records came in the piece before).
+            if lo == hi:
+                lo, hi = 0, len(rows) if rows is not None else 0
+            seen = np.flatnonzero(rows["task"][lo:hi] == task) if rows is not None else ()
+            self.tasks.add(task, pid, comm,
+                           int(rows["seq"][lo + seen[0]]) if len(seen) else first)
 
     def _fetch_monitor(self, start: int) -> list[object]:
         text = _monitor(f"vmi trace dump {start} {DUMP_CHUNK}")

@@ -882,7 +882,10 @@ class _Session:
     # --- run control ---------------------------------------------------------------------------------
     def _h_status(self, args: bytes) -> bytes:
         if self.server.exit_pending is not None:  # still stopped at the guest's exit
-            return self._exit_stop(self.server.exit_pending)
+            # The same stop, without its console line: gdb takes O packets only while a
+            # resume or a monitor command runs (a reconnecting gdb read one as the answer to
+            # `?`, and the stop reply as the answer to its next packet).
+            return self._stop_signal(SIGTRAP)
         return self._stop_reply(Stop(StopReason.STEP, self._pc()))
 
     def _pc(self) -> int:

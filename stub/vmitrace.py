@@ -41,9 +41,11 @@ DEFAULT_CAPACITY = 1 << 20
 #: ask for a stop at the next block boundary, long before they could run out.
 RAW_CAPACITY = 1 << 14
 RAW_HEADROOM = 64
-#: Bytes of raw log kept for readers (~750k records). Past it the oldest bytes are decoded into
-#: the event ring and dropped; a gdb that had not read that far goes on with the decoded events.
-RAW_LOG_LIMIT = 64 << 20
+#: Bytes of raw log kept for readers (~1.5M records). Past it the oldest bytes are decoded into
+#: the event ring and dropped; a gdb that had not read that far goes on with the decoded events,
+#: which carry no call context (caller, task). A whole boot of shared/linux's workload traced
+#: in one continue logs ~71 MB (~800k records): it must fit, or that trace loses its context.
+RAW_LOG_LIMIT = 128 << 20
 assert rawtrace.RECORD.itemsize == ffi.sizeof("struct vmigdb_trace_record")
 
 
@@ -65,6 +67,10 @@ class VmiTracer:
         # ``_decoded``, into the event ring.
         self._log = bytearray()
         self._base = 0
+        #: The decoder's state at ``_base`` when the log was dropped whole (a clear, a trace
+        #: file), so that a reader that comes later can start decoding there; None: unknown
+        #: (the oldest bytes were dropped for the bound, or nothing was dropped yet).
+        self._base_state: dict[str, Any] | None = None
         self._decoded = 0
         self._log_limit = log_limit
         self._decoder = rawtrace.RawDecoder()
@@ -120,10 +126,13 @@ class VmiTracer:
         """Stamp each record with the u32 at ``var`` (+ the u32 at ``offset``, if not 0): the
         guest's current task (Linux: ``current_task``, per-cpu since ``__per_cpu_offset``).
         With ``pid_at`` and ``comm_at`` (offsets in the task's struct), the log also names each
-        task the records meet, when first met and when renamed (an exec)."""
+        task the records meet, when first met and when renamed (an exec or a reused struct:
+        the hooks then ask for a drain at each change of task, so that each task is named
+        while it runs, before the kernel can give its struct to a later task)."""
         self._trace.task_var, self._trace.task_offset = var & 0xFFFFFFFF, offset & 0xFFFFFFFF
         self._task_layout = (pid_at, comm_at) if pid_at is not None and comm_at is not None \
             else None
+        self._trace.drain_on_switch = int(self._task_layout is not None)
         self._task_names.clear()
 
     def set_call_limit(self, calls: int) -> None:
@@ -244,6 +253,7 @@ class VmiTracer:
         # seen the file's events, and learns it (its offset is below the new base).
         self._base += 1
         self._decoded = self._base
+        self._base_state = state
         return answer
 
     def service(self) -> None:
@@ -287,6 +297,7 @@ class VmiTracer:
         t = self._trace
         t.count = t.lost = 0
         t.calls = 0
+        t.last_task = 0
         t.limit_hit = 0
         self._limit_stopped = False
         self._lost = 0
@@ -341,6 +352,7 @@ class VmiTracer:
             pos = head[2]
         del self._log[:pos]
         self._base += pos
+        self._base_state = None
 
     def _decode_all(self) -> None:
         self._collect()
@@ -367,9 +379,17 @@ class VmiTracer:
             self._dropped += gone
 
     def _drop_log(self) -> None:
+        """Drop the whole log, decoded to its end: its end is the new base."""
         self._base += len(self._log)
         self._decoded = self._base
         self._log = bytearray()
+        self._base_state = self._decoder.state.to_json()
+
+    def base(self) -> tuple[int, dict[str, Any] | None]:
+        """The first stream offset kept, and the decoder's state there when known: a reader
+        that connects after a clear decodes from there."""
+        self._collect()
+        return self._base, self._base_state
 
     # --- hooks --------------------------------------------------------------------------------
     def _hook(self, va: int, call: int, spec: abi.CallSpec | None) -> object:
@@ -481,6 +501,10 @@ def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:
             text += json.dumps({"type": "more", "next": events[count].seq}) + "\n"
         ctx.write(text)
 
+    def cmd_base(ctx: MonitorContext, args: str) -> None:
+        base, state = tracer.base()
+        ctx.write(json.dumps({"base": base, "state": state}) + "\n")
+
     def cmd_rom(ctx: MonitorContext, args: str) -> None:
         if tracer.rom_base is None:
             raise MonitorError("no VMI ROM found (the guest has not called vmi_init yet)")
@@ -552,4 +576,7 @@ def register_monitor(table: MonitorTable, tracer: VmiTracer) -> None:
                    f"trace events as JSON lines (vmigdb.trace), at most {DUMP_MAX} a reply; a "
                    'last line {"type": "more", "next": SEQ} says where the next one starts',
                    "[FROM [COUNT]]")
+    table.register("vmi trace base", cmd_base,
+                   "where the raw log kept for qvmigdb.raw begins, and the decoder's state "
+                   "there when known (JSON): a reader that comes after a clear starts there")
     table.register("vmi rom", cmd_rom, "where the guest's VMI ROM runs and whether it batches")

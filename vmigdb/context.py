@@ -13,12 +13,20 @@ nor the stack pointer, and the version 1 file format stays as it is):
   pointers: CONFIG_FRAME_POINTER). The stub's tracer records six stack words at ESP, so it is
   known there when ``EBP + 4`` falls among them (every vmi_* wrapper of 2.6.32 does, and so does
   most kernel code calling a patched site); the portable path reads it.
+* ``above``: the stack word right above the frame word, ``[EBP + 8]``, when the stub recorded
+  it (0 otherwise). When the caller's caller called Linux's glue as its very first instruction
+  (``arch_enter_lazy_mmu_mode``: ``call *pv_mmu_ops...; ret``, no frame of its own), it pushed
+  nothing else: this word is then its own return address, into the function that really made
+  the call (``copy_page_range``, ``unmap_vmas``), which the frame-pointer chain skips.
 * ``task``: the kernel's current task pointer (``current_task``, per cpu); names (pid, comm)
   come from ``TaskNames``, by when each task was seen.
 * ``esp``: the stack pointer at the ROM entry, and ``flags``: an IRET back to kernel mode
   (``IRET_KERNEL``), and what the kernel said about interrupt context when that was read
   (``IRQ_KNOWN``/``IRQ``: the portable path reads the per-cpu ``irq_regs``, set by do_IRQ for
-  the whole of an interrupt, its softirqs included).
+  the whole of an interrupt, its softirqs included), and whether the call ran inside
+  schedule() entered by preemption (``RESCHED``: the portable path reads the task's
+  ``preempt_count``, which has PREEMPT_ACTIVE while ``cond_resched`` reschedules, as after a
+  timer tick asked for it).
 
 On top: interrupt regions from the events alone (``interrupt_rows``), the events that belong
 to given calls (``owned_events``), a profile by call x kernel caller (``profile``) and what
@@ -40,11 +48,16 @@ from vmigdb import trace as tr
 
 CONTEXT = np.dtype([
     ("seq", "<u8"), ("call", "u1"), ("task", "<u4"), ("ret", "<u4"), ("frame", "<u4"),
-    ("esp", "<u4"), ("clock", "<u8"), ("flags", "u1"),
+    ("esp", "<u4"), ("clock", "<u8"), ("flags", "u1"), ("above", "<u4"),
 ])
 IRET_KERNEL = 1  # an IRET whose frame returns to kernel mode (CS RPL 0): a handler ends
 IRQ_KNOWN = 2  # the kernel's interrupt state was read at this call
 IRQ = 4  # ... and it was in an interrupt (irq_regs set)
+RESCHED = 8  # made inside schedule() entered by preemption (preempt_count has PREEMPT_ACTIVE)
+#: Bytes from an IRET's return address (its stack pointer at the ROM entry) down to the
+#: registers Linux's i386 entry code saved below the CPU's frame (pt_regs.bx: 12 words below
+#: pt_regs.ip, which is 4 bytes above the return address): a handler's calls all ran below them.
+SAVED_BELOW_IRET = 44
 #: Words of the stack the stub records at the ROM entry (the return address first).
 _WORDS = rawtrace.STACK_WORDS
 _ESP, _EBP = rawtrace.REGS.index("esp"), rawtrace.REGS.index("ebp")
@@ -83,8 +96,8 @@ class CallContext:
             self._rows = None
 
     def append(self, seq: int, call: int, task: int, ret: int, frame: int, esp: int,
-               clock: int = 0, flags: int = 0) -> None:
-        self.add(np.array([(seq, call, task, ret, frame, esp, clock, flags)], CONTEXT))
+               clock: int = 0, flags: int = 0, above: int = 0) -> None:
+        self.add(np.array([(seq, call, task, ret, frame, esp, clock, flags, above)], CONTEXT))
 
     def clear(self) -> None:
         self._parts.clear()
@@ -124,10 +137,16 @@ class RawCalls:
     per call event ``RawDecoder`` makes of the same bytes, in the same order: records the hook
     could not read the stack for are skipped as the decoder skips them, and a reset item drops
     the rows before it in the same piece as the decoder drops their events. The rows' ``seq``
-    is 0: the caller pairs them with the decoder's call events."""
+    is 0: the caller pairs them with the decoder's call events.
+
+    Task items name the tasks of the records item before them, as the stub read them when it
+    collected those records: ``named`` gets (task, pid, name, lo, hi) for each, ``lo:hi`` the
+    rows of that records item (a task struct the kernel reuses is named again, for the rows
+    from there on)."""
 
     def __init__(self) -> None:
         self._pending = b""
+        self.named: list[tuple[int, int, str, int, int]] = []
 
     def feed(self, data: bytes) -> tuple[np.ndarray, bool]:
         """(rows, whether a reset item came) for the whole items in what came so far."""
@@ -135,12 +154,20 @@ class RawCalls:
         pos = 0
         parts: list[bytes] = []
         reset = False
+        rows = last = 0  # rows so far in this piece; where the last records item's began
         while (head := rawtrace.item_header(buf, pos)) is not None:
             kind, start, end = head
             if kind == b"R":
                 parts.append(buf[start:end])
+                last = rows
+                rows += _call_rows(np.frombuffer(parts[-1], rawtrace.RECORD))
+            elif kind == b"T":
+                self.named.append((*rawtrace.parse_task_item(bytes(buf[start:end])), last,
+                                   rows))
             elif kind == b"X":
                 parts.clear()
+                self.named.clear()
+                rows = last = 0
                 reset = True
             pos = end
         self._pending = bytes(buf[pos:])
@@ -149,10 +176,18 @@ class RawCalls:
         return context_of_records(np.frombuffer(b"".join(parts), rawtrace.RECORD)), reset
 
 
+def _is_call(recs: np.ndarray) -> np.ndarray:
+    """The ROM call records (not returns or markers) whose stack the hook could read."""
+    return (recs["call"] < _FIRST_MARKER) & ((recs["flags"] & rawtrace.STACK_OK) != 0)
+
+
+def _call_rows(recs: np.ndarray) -> int:
+    return int(np.count_nonzero(_is_call(recs)))
+
+
 def context_of_records(recs: np.ndarray) -> np.ndarray:
     """Context rows of the ROM call records among ``recs`` (``rawtrace.RECORD``)."""
-    number = recs["call"]
-    keep = (number < _FIRST_MARKER) & ((recs["flags"] & rawtrace.STACK_OK) != 0)
+    keep = _is_call(recs)
     recs = recs[keep]
     out = np.zeros(len(recs), CONTEXT)
     if not len(recs):
@@ -164,10 +199,13 @@ def context_of_records(recs: np.ndarray) -> np.ndarray:
     ok = (off % 4 == 0) & (off >= 8) & (off < 4 * _WORDS)
     index = np.where(ok, off // 4, 0).astype(np.intp)
     frame = np.where(ok, stack[np.arange(len(recs)), index], 0)
+    up = ok & (index + 1 < _WORDS)
+    above = np.where(up, stack[np.arange(len(recs)), np.minimum(index + 1, _WORDS - 1)], 0)
     out["call"] = recs["call"].astype(np.uint8)
     out["task"] = recs["task"]
     out["ret"] = stack[:, 0]
     out["frame"] = frame
+    out["above"] = above
     out["esp"] = esp
     out["clock"] = recs["ticks"] * np.uint64(rawtrace.NS_PER_TICK)
     iret = (recs["call"] == _IRET) & ((stack[:, 2] & 3) == 0)
@@ -220,15 +258,38 @@ class TaskNames:
         named = self.get(task, seq)
         return f"{named[0]} {named[1]}" if named else f"{task:#x}"
 
+    @staticmethod
+    def _names(spec: str, pid: int, comm: str) -> bool:
+        """Whether a ``--task`` value (a pid, else a comm) names this pid and comm."""
+        text = spec.strip()
+        return pid == int(text) if text.lstrip("-").isdigit() else comm == spec
+
     def matching(self, spec: str) -> set[int]:
-        """Task pointers a ``--task`` value names: a pid (any task that had it) or a comm."""
-        want_pid = int(spec, 0) if spec.strip().lstrip("-").isdigit() else None
-        out = set()
-        for task, seen in self._by_task.items():
-            for _s, pid, comm in seen:
-                if (pid == want_pid) if want_pid is not None else comm == spec:
-                    out.add(task)
-        return out
+        """Task pointers a ``--task`` value names at some time: a pid or a comm."""
+        return {task for task, seen in self._by_task.items()
+                if any(self._names(spec, pid, comm) for _s, pid, comm in seen)}
+
+    def holds(self, spec: str, task: int, seq: int) -> bool:
+        """Whether ``task`` was the task a ``--task`` value names at ``seq`` (as ``get`` names
+        it then: the kernel reuses a task struct for later tasks, and an exec renames one)."""
+        named = self.get(task, seq) if task else None
+        return named is not None and self._names(spec, *named)
+
+    def mask(self, spec: str, task: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        """Which of the calls (their task pointers and seqs) were made by a task a ``--task``
+        value names, at the time: each pointer counts only while it held that pid or comm."""
+        keep = np.zeros(len(task), bool)
+        for ptr in self.matching(spec):
+            seen = self._by_task[ptr]
+            mine = task == ptr
+            for i, (start, pid, comm) in enumerate(seen):
+                if not self._names(spec, pid, comm):
+                    continue
+                lo = 0 if i == 0 else start  # before its first naming: named as the first
+                hi = seen[i + 1][0] if i + 1 < len(seen) else None
+                span = seq >= lo if hi is None else (seq >= lo) & (seq < hi)
+                keep |= mine & span
+        return keep
 
     def clear(self) -> None:
         self._by_task.clear()
@@ -244,22 +305,35 @@ def interrupt_rows(rows: np.ndarray) -> np.ndarray:
     """Which calls ran in an interrupt (or exception) handler, from the events alone.
 
     Every handler that interrupted kernel code ends with an IRET back to kernel mode, made on
-    the interrupted task's stack right above the frame the CPU pushed; the handler's calls all
-    ran deeper on that stack. So, walking back from each such IRET, the calls of the same task
-    whose stack pointer lies below the IRET's belong to the handler (nested handlers included),
-    up to the first call at or above it, which the interrupted code made. The IRET itself is
+    the interrupted task's stack right above the frame the CPU pushed and the registers the
+    entry code saved below it (``SAVED_BELOW_IRET``); the handler's calls all ran deeper on
+    that stack. So, walking back from each such IRET, the calls of the same task whose stack
+    pointer lies below the saved registers belong to the handler (nested handlers included),
+    up to the first call at or above them, which the interrupted code made. (Calls the
+    interrupted code made before, from deeper functions that had returned, lie below too: the
+    walk stops at the interrupted code's last call when it was made from less deep than the
+    saved registers, as from the interrupted function or its direct callees.) Where the
+    kernel's interrupt state was read (``IRQ_KNOWN``, the portable path), the walk also stops
+    at a call made outside an interrupt before the interrupt's own calls. The IRET itself is
     part of the handler. Kernel-mode exceptions (a page fault on a user address) end the same
     way and count too."""
     n = len(rows)
     out = np.zeros(n, bool)
     if not n:
         return out
-    esp, task = rows["esp"], rows["task"]
-    for i in np.flatnonzero((rows["flags"] & IRET_KERNEL) != 0).tolist():
+    esp, task, flags = rows["esp"].astype(np.int64), rows["task"], rows["flags"]
+    known, irq = (flags & IRQ_KNOWN) != 0, (flags & IRQ) != 0
+    for i in np.flatnonzero((flags & IRET_KERNEL) != 0).tolist():
         out[i] = True
-        limit, owner = esp[i], task[i]
+        limit, owner = esp[i] - SAVED_BELOW_IRET, task[i]
+        in_irq = False
         j = i - 1
         while j >= 0 and task[j] == owner and esp[j] < limit:
+            if known[j]:
+                if irq[j]:
+                    in_irq = True
+                elif in_irq:
+                    break
             out[j] = True
             j -= 1
     return out
@@ -357,13 +431,32 @@ class BatchCause:
     trigger: str  # why it flushed (abi.FlushTrigger name)
 
 
+#: Whether a return address directly follows its function's first instruction, a call (so the
+#: function pushed nothing before it); None: not known.
+FirstCall = Callable[[int], bool] | None
+
+
+def is_first_call(head: bytes) -> bool:
+    """Whether ``head`` (a function's bytes from its start to a return address in it) is one
+    call instruction: ``call rel32`` (E8) or ``call r/m32`` (FF /2) of exactly that length."""
+    if len(head) == 5 and head[0] == 0xE8:
+        return True
+    return 2 <= len(head) <= 7 and head[0] == 0xFF and (head[1] >> 3) & 7 == 2
+
+
 def opener_path(ctx_row: np.void | None, path: Sequence[int], name: Name,
-                glue: frozenset[str] = GLUE) -> tuple[str, ...]:
+                glue: frozenset[str] = GLUE, first_call: FirstCall = None) -> tuple[str, ...]:
     """The kernel functions on the way to a call, innermost first, without Linux's glue:
-    ``path`` when one was read (return addresses), else the call's return address and frame."""
+    ``path`` when one was read (return addresses), else the call's return address and frame;
+    a frame whose function only passed the call on (it called the glue as its first
+    instruction, ``first_call`` says) is skipped like the glue, for the word above it: that
+    function's own return address (``above``), into the function that made the call."""
     addrs = list(path)
     if not addrs and ctx_row is not None:
         addrs = [int(ctx_row["ret"]), int(ctx_row["frame"])]
+        above = int(ctx_row["above"])
+        if addrs[1] and above and first_call is not None and first_call(addrs[1]):
+            addrs[1] = above
     out: list[str] = []
     for a in addrs:
         if not a:
@@ -376,7 +469,8 @@ def opener_path(ctx_row: np.void | None, path: Sequence[int], name: Name,
 
 
 def batch_causes(events: Iterable[tr.Event], ctx: CallContext, name: Name,
-                 glue: frozenset[str] = GLUE) -> dict[int, BatchCause]:
+                 glue: frozenset[str] = GLUE, first_call: FirstCall = None
+                 ) -> dict[int, BatchCause]:
     """For each batch flush: the SetLazyMode call that entered lazy MMU mode before it (its
     task and kernel path), the updates deferred into it and the PTE writes made at once while
     it was open, and the flush's trigger."""
@@ -400,7 +494,7 @@ def batch_causes(events: Iterable[tr.Event], ctx: CallContext, name: Name,
             out[e.batch] = BatchCause(
                 e.batch, int(row["task"]) if row is not None else 0,
                 opener.seq if opener is not None else None,
-                opener_path(row, path, name, glue) if opener is not None else (),
+                opener_path(row, path, name, glue, first_call) if opener is not None else (),
                 e.count, immediate, e.trigger)
             immediate = 0
     return out
@@ -437,7 +531,8 @@ class LazySection:
 
 
 def lazy_sections(events: Iterable[tr.Event], ctx: CallContext | None, name: Name,
-                  glue: frozenset[str] = GLUE) -> list[LazySection]:
+                  glue: frozenset[str] = GLUE, first_call: FirstCall = None
+                  ) -> list[LazySection]:
     """Every lazy-MMU section in the events, with who entered it (task, kernel path), the
     updates made in it by whether the guest let them be deferred, and how it was flushed."""
     out: list[LazySection] = []
@@ -457,7 +552,8 @@ def lazy_sections(events: Iterable[tr.Event], ctx: CallContext | None, name: Nam
         path = ctx.paths.get(opener.seq, ()) if ctx is not None else ()
         out.append(LazySection(len(out) + 1, opener.seq, end.seq if end else None,
                                int(row["task"]) if row is not None else 0,
-                               opener_path(row, path, name, glue), deferred, immediate,
+                               opener_path(row, path, name, glue, first_call), deferred,
+                               immediate,
                                tuple(flushes), ended_by))
         opener = leaving = None
 

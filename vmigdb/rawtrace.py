@@ -102,6 +102,14 @@ def task_item(task: int, pid: int, comm: bytes) -> bytes:
                                                      comm[:16])
 
 
+def parse_task_item(payload: bytes) -> tuple[int, int, str]:
+    """(task pointer, pid, name) of a task item's payload."""
+    if len(payload) != _TASK.size:
+        raise RawTraceError(f"task item of {len(payload)} bytes")
+    task, pid, comm = _TASK.unpack(payload)
+    return task, pid, comm.split(b"\0", 1)[0].decode("latin-1")
+
+
 def reset_item() -> bytes:
     return _ITEM.pack(b"X", 0)
 
@@ -272,10 +280,8 @@ class RawDecoder:
                 self.state = DecoderState()
                 self.resets += 1
             elif kind == b"T":
-                if size != _TASK.size:
-                    raise RawTraceError(f"task item of {size} bytes")
-                task, pid, comm = _TASK.unpack_from(buf, start)
-                self.new_tasks[task] = (pid, comm.split(b"\0", 1)[0].decode("latin-1"))
+                task, pid, name = parse_task_item(bytes(buf[start:end]))
+                self.new_tasks[task] = (pid, name)
             else:
                 parts.append(self._marker(kind, buf[start:end], ports))
             pos = end

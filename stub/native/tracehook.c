@@ -9,8 +9,8 @@
  *
  * The hook never stops the CPU itself: a stop inside a code hook lands before the instruction,
  * and resuming there would record the hit twice. It asks run control (runctl.c) for a stop at
- * the next block boundary instead, when the buffer is nearly full or when a call will return to
- * an address no hook watches yet.
+ * the next block boundary instead, when the buffer is nearly full, when a call will return to
+ * an address no hook watches yet, or (when Python names tasks) when the current task changed.
  */
 #include "vm.h"
 
@@ -105,10 +105,14 @@ void vmigdb_trace_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     r->task = current_task(t);
     r->ticks = t->vm->now;
     t->count++;
+    int switched = r->task != t->last_task;
+    t->last_task = r->task;
     if (site->wants_return && (r->flags & TRACE_STACK_OK) && !known(t, r->stack[0])) {
         t->new_return = 1;
         request_service(t);
-    } else if (t->count >= t->high_water) {
+    } else if (t->count >= t->high_water || (switched && t->drain_on_switch)) {
+        /* A task's name is read at the drain after its run began, while it is that task
+         * (the kernel reuses a dead task's struct for a later one) */
         request_service(t);
     }
 }
