@@ -93,7 +93,13 @@ class Gdb:
 
     def __init__(self, args: Sequence[str] = (), *, gdb: str = GDB, timeout: float = 20.0,
                  mi_async: bool = True, cwd: str | None = None) -> None:
-        argv = [gdb, "--nx", "--quiet", "--interpreter=mi3", *args]
+        # The settings go on the command line, not as MI commands after the start: the
+        # constructor then returns at once, and the caller starts a target while gdb starts.
+        settings = ["confirm off", "pagination off", "width 0", "height 0"]
+        if mi_async:
+            settings.append("mi-async on")
+        early = [a for setting in settings for a in ("-iex", f"set {setting}")]
+        argv = [gdb, "--nx", "--quiet", "--interpreter=mi3", *early, *args]
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, bufsize=0, cwd=cwd,
@@ -109,11 +115,6 @@ class Gdb:
         self.pending: deque[Record] = deque()
         #: the last records seen, for error messages
         self.history: deque[Record] = deque(maxlen=_HISTORY)
-        settings = ["confirm off", "pagination off", "width 0", "height 0"]
-        if mi_async:
-            settings.append("mi-async on")
-        for setting in settings:
-            self.ok(f"-gdb-set {setting}")
 
     # --- plumbing ------------------------------------------------------------------------------
     def poll(self, wait: float = 0.0) -> list[Record]:
