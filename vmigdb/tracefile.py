@@ -251,6 +251,9 @@ class TraceFile:
         pa = _pa()
         try:
             self._reader = pa.ipc.open_stream(self._file)
+        except MemoryError:  # a corrupt length: Arrow asked for more than there is
+            raise TraceFormatError(f"{self.path}: not a vmigdb trace (its schema claims more "
+                                   "memory than there is)") from None
         except (pa.ArrowException, OSError) as e:
             raise TraceFormatError(f"{self.path}: not a vmigdb trace ({_one_line(e)})") from None
         sch = self._reader.schema
@@ -312,6 +315,9 @@ class TraceFile:
                 batch, meta = self._reader.read_next_batch_with_custom_metadata()
             except StopIteration:
                 break
+            except MemoryError:  # a corrupt length (a writer's batches are BATCH_EVENTS long)
+                raise TraceFormatError(f"{self.path}: batch {n}: claims more memory than "
+                                       "there is (corrupt)") from None
             except (pa.ArrowException, OSError) as e:
                 if _is_cut(e):
                     break
