@@ -23,7 +23,7 @@ from rich.table import Table
 
 from vmigdb import events as ev
 from vmigdb.mi import GDB
-from vmigdb.targets import linux_dir
+from vmigdb.targets import linux_dir, unpacked_vmlinux
 from vmigdb.tracefile import TraceFileWriter, open_trace
 from vmigdb.views.console import make_console
 
@@ -88,12 +88,7 @@ def _linux(out: Path, linux: Path) -> None:
     from vmigdb.stub.machine.pc import PC
     from vmigdb.stub.vmitrace import VmiTracer
 
-    vmlinux = ROOT / "build" / "linux" / "vmlinux-2.6.32.9-vmi"
-    if not vmlinux.is_file():
-        vmlinux.parent.mkdir(parents=True, exist_ok=True)
-        with open(vmlinux, "wb") as f:
-            subprocess.run(["xz", "-dc", str(linux / "vmlinux-2.6.32.9-vmi.xz")], stdout=f,
-                           check=True)
+    vmlinux = unpacked_vmlinux(linux, ROOT / "build" / "linux")
     r = subprocess.run([GDB, "-nx", "-batch", "-ex", "print &((struct task_struct*)0)->pid",
                         "-ex", "print &((struct task_struct*)0)->comm", str(vmlinux)],
                        capture_output=True, text=True, check=True, timeout=600)

@@ -12,6 +12,13 @@ run time, which wanders with the machine's load, so it is measured in pairs in o
 to the portable path on QEMU come from the same run; numbers vary with machine load, ratios are
 what to compare. The event counts must agree (the paths record the same events), else the row
 says so.
+
+Beside them, the portable path on the real Linux guest under QEMU (shared/linux, booted as its
+README does, SeaBIOS placing the ROM): gdb connects at reset, ``vmi trace start`` arms at the
+kernel's vmi_init, and the clock runs from vmi_init to vmi_bringup (the ROM's initialisation and
+apply_paravirt: 3,557 events, each call with its Linux context read), against the same window
+untraced. In the same session, Ctrl-C (SIGINT to gdb, as a terminal sends it) during a traced
+continue of the boot, timed from the signal to gdb's stop.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +38,7 @@ from typing import Any
 from rich.table import Table
 
 from vmigdb import targets
-from vmigdb.mi import GDB
+from vmigdb.mi import GDB, Gdb
 from vmigdb.views.console import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +47,8 @@ ROM = ROOT / "build" / "vmi_rom.bin"
 LOADER = ROOT / "vmigdb.py"
 REPEAT = 3
 FAST_REPEAT = 7  # the untraced and fast-path runs take well under a second: more of them
+VMLINUX = ROOT / "build" / "linux" / "vmlinux-2.6.32.9-vmi"
+CTRL_C_TRIES = 5
 
 #: Runs inside gdb after ``vmi trace start``: the timed continue and the fetch.
 _TIMED = """
@@ -151,6 +162,113 @@ def _best(kind: str, modes: tuple[str, ...], repeat: int) -> dict[str, dict[str,
     return {m: min(r, key=lambda x: x["seconds"]) for m, r in runs.items()}
 
 
+def _vmlinux(linux: Path) -> Path:
+    """vmlinux with its debug info, unpacked into build/linux/ as the tests do."""
+    return targets.unpacked_vmlinux(linux, VMLINUX.parent)
+
+
+def _linux_window(linux: Path, traced: bool) -> dict[str, Any]:
+    """QEMU booting Linux from reset; the seconds from vmi_init to vmi_bringup, traced (the
+    portable path, armed at reset) or not; traced, then the Ctrl-C latencies."""
+    with tempfile.TemporaryDirectory(prefix="vmigdb-bench-") as d:
+        t = targets.start_qemu_linux(linux / "bzImage-2.6.32.9-vmi",
+                                     linux / "initramfs-vmigdb.cpio.gz", ROM, "console=ttyS0",
+                                     Path(d))
+        g = Gdb(["-x", str(LOADER)], cwd=d, timeout=120)
+        try:
+            g.connect(str(_vmlinux(linux)), t.port, timeout=120)
+            if traced:
+                g.console("vmi trace start")
+            g.ok("-break-insert vmi_init")
+            g.resume(timeout=600)
+            g.ok("-break-delete")
+            g.ok("-break-insert vmi_bringup")
+            t0 = time.perf_counter()
+            stopped = g.resume(timeout=600)
+            seconds = time.perf_counter() - t0
+            if stopped["payload"].get("frame", {}).get("func") != "vmi_bringup":
+                raise RuntimeError(f"QEMU did not stop at vmi_bringup: {stopped}")
+            g.ok("-break-delete")
+            out: dict[str, Any] = {"seconds": seconds}
+            if traced:
+                text = g.console("python from vmigdb.commands import tracesource; "
+                                 "print('@@%d' % len(tracesource.current(create=False)"
+                                 ".events()))").text
+                out["events"] = int(text.split("@@", 1)[1])
+                out["ctrl_c"] = _ctrl_c_latencies(g)
+            return out
+        finally:
+            g.close()
+            t.stop()
+
+
+def _ctrl_c_latencies(g: Gdb) -> list[float]:
+    """Seconds from SIGINT to gdb (as a terminal sends Ctrl-C) to the stop, each during a
+    traced continue that has run half a second."""
+    out = []
+    for _ in range(CTRL_C_TRIES):
+        g.drain()
+        g.pending.clear()
+        g.ok("-exec-continue")
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        os.kill(g.proc.pid, signal.SIGINT)
+        stopped = g.wait_stopped(timeout=60)
+        out.append(time.perf_counter() - t0)
+        if stopped["payload"].get("signal-name") != "SIGINT":
+            raise RuntimeError(f"Ctrl-C did not stop the traced continue with SIGINT: {stopped}")
+    return out
+
+
+def linux_portable() -> dict[str, Any] | None:
+    """The Linux window traced and untraced (``_linux_window``), or None without the guest."""
+    linux = targets.linux_dir()
+    if linux is None or shutil.which(targets.QEMU) is None:
+        return None
+    return {"untraced": _linux_window(linux, False), "traced": _linux_window(linux, True)}
+
+
+def _linux_rows(table: Table, lin: dict[str, Any], ref_rate: float | None,
+                ref_span: float | None) -> None:
+    r = lin["traced"]
+    cost = max(r["seconds"] - lin["untraced"]["seconds"], 1e-6)
+    rate, span = r["events"] / cost, r["events"] / r["seconds"]
+    table.add_row("portable, QEMU, Linux", f"{r['events']}",
+                  f"{r['seconds']:.3f}", f"{cost:.3f}", f"{cost / r['events'] * 1e6:,.1f}",
+                  f"{rate:,.0f}", f"{rate / ref_rate:.1f}" if ref_rate else "-", f"{span:,.0f}",
+                  f"{span / ref_span:.1f}" if ref_span else "-")
+
+
+def _ctrl_c_table(lin: dict[str, Any]) -> Table:
+    lat = sorted(lin["traced"]["ctrl_c"])
+    t = Table(title="Ctrl-C during a traced continue (portable path, Linux under QEMU): SIGINT "
+                    "to gdb until its stop")
+    for name in ("tries", "min ms", "median ms", "max ms"):
+        t.add_column(name, justify="right")
+    t.add_row(str(len(lat)), f"{lat[0] * 1e3:.1f}", f"{lat[len(lat) // 2] * 1e3:.1f}",
+              f"{lat[-1] * 1e3:.1f}")
+    return t
+
+
+def linux_main() -> int:
+    """Only the Linux rows (``python -m bench.gdb_paths linux``)."""
+    console = make_console(width=100)
+    lin = linux_portable()
+    if lin is None:
+        console.print("Linux rows: shared/linux or QEMU not found (set VMIGDB_LINUX_DIR)")
+        return 0
+    table = Table(title="vmi trace, portable path: the Linux guest under QEMU")
+    for name in ("path", "events", "span s", "tracer s", "µs/event", "events/s", "x QEMU",
+                 "span events/s", "x QEMU "):
+        table.add_column(name, justify="left" if name == "path" else "right")
+    _linux_rows(table, lin, None, None)
+    console.print(table)
+    console.print(f"from vmi_init to vmi_bringup; untraced, that window takes "
+                  f"{lin['untraced']['seconds']:.3f} s")
+    console.print(_ctrl_c_table(lin))
+    return 0
+
+
 def main() -> int:
     console = make_console(width=100)
     # The short runs (untraced, fast path) are repeated; the portable ones take 15-30 s each.
@@ -187,7 +305,19 @@ def main() -> int:
                       f"{r['seconds']:.3f}", f"{cost(kind, r):.3f}",
                       f"{cost(kind, r) / r['events'] * 1e6:,.1f}", f"{rate:,.0f}",
                       f"{rate / ref_rate:.1f}", f"{span:,.0f}", f"{span / ref_span:.1f}")
+    lin = linux_portable()
+    if lin is not None:
+        _linux_rows(table, lin, ref_rate, ref_span)
     console.print(table)
+    if lin is not None:
+        console.print(f"Linux row: the Linux guest booted by QEMU from vmi_init to "
+                      f"vmi_bringup (the ROM's initialisation and apply_paravirt), not the demo "
+                      f"run; untraced, that window takes {lin['untraced']['seconds']:.3f} s. x "
+                      "QEMU against the demo guest's portable path on QEMU above. Each Linux "
+                      "call also reads its context (task, interrupt state, caller's frame).")
+        console.print(_ctrl_c_table(lin))
+    else:
+        console.print("Linux rows: shared/linux or QEMU not found (set VMIGDB_LINUX_DIR)")
     console.print("fast path: tracer cost per pair (traced span less the untraced run just "
                   "before it, same session): " + ", ".join(f"{c * 1e3:.0f}" for c in costs)
                   + " ms; the row shows the median pair")
@@ -211,4 +341,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(linux_main() if sys.argv[1:] == ["linux"] else main())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vmigdb.debugexit import guest_code
-from vmigdb.targets import linux_dir, qemu_argv
+from vmigdb.targets import linux_dir, qemu_argv, unpacked_vmlinux
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,14 +47,7 @@ def linux() -> Linux:
     if d is None:
         pytest.skip("the Linux guest is not here (set VMIGDB_LINUX_DIR or put shared/linux "
                     "beside the repository)")
-    vmlinux = REPO / "build" / "linux" / "vmlinux-2.6.32.9-vmi"
-    packed = d / "vmlinux-2.6.32.9-vmi.xz"
-    if not vmlinux.is_file() or vmlinux.stat().st_mtime < packed.stat().st_mtime:
-        vmlinux.parent.mkdir(parents=True, exist_ok=True)
-        part = vmlinux.with_suffix(".part")
-        with open(part, "wb") as out:
-            subprocess.run(["xz", "-dc", str(packed)], stdout=out, check=True)
-        part.rename(vmlinux)
+    vmlinux = unpacked_vmlinux(d, REPO / "build" / "linux")
     return Linux(d, d / "bzImage-2.6.32.9-vmi", d / "initramfs-vmigdb.cpio.gz", vmlinux)
 
 

@@ -26,6 +26,7 @@ from vmigdb.mi import die_with_parent
 QEMU = "qemu-system-i386"
 #: The real VMI guest's kernel, in ../shared/linux (or $VMIGDB_LINUX_DIR).
 LINUX_KERNEL = "bzImage-2.6.32.9-vmi"
+LINUX_VMLINUX = "vmlinux-2.6.32.9-vmi"
 #: vmigdb's PC has no local APIC (its CPUID says so): the reference CPU says the same.
 QEMU_CPU = ("-cpu", "qemu32,-apic")
 DEBUG_EXIT = debugexit.QEMU_DEVICE
@@ -60,6 +61,20 @@ def linux_dir() -> Path | None:
     env = os.environ.get("VMIGDB_LINUX_DIR")
     d = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "linux"
     return d if (d / LINUX_KERNEL).is_file() else None
+
+
+def unpacked_vmlinux(linux: Path, into: Path) -> Path:
+    """The Linux guest's vmlinux (debug info, 136 MB; shipped xz-packed), unpacked once into
+    the folder ``into`` and again only when the packed file is newer."""
+    vmlinux = into / LINUX_VMLINUX
+    packed = linux / f"{LINUX_VMLINUX}.xz"
+    if not vmlinux.is_file() or vmlinux.stat().st_mtime < packed.stat().st_mtime:
+        into.mkdir(parents=True, exist_ok=True)
+        part = vmlinux.with_suffix(".part")
+        with open(part, "wb") as out:
+            subprocess.run(["xz", "-dc", str(packed)], stdout=out, check=True)
+        part.rename(vmlinux)
+    return vmlinux
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
