@@ -24,9 +24,11 @@ interrupt state; and, at SetLazyMode, the frame-pointer chain for the batch it o
 Ctrl-C: QEMU drops the Ctrl-C byte gdb sends while it is stopped, and during a traced continue
 it is stopped at a breakpoint most of the time, so gdb's own Ctrl-C was lost (gdb had consumed
 the SIGINT: its remote layer sends the byte and forgets it). While a traced continue runs,
-``_CtrlC`` takes SIGINT from gdb's main thread (blocked there, waited for in a thread): it asks
-gdb to interrupt the target (``interrupt``, for a guest that makes no ROM call) and the next
-hit's ``stop()`` returns True, so the continue stops within a hit either way.
+``_CtrlC`` takes SIGINT from gdb's main thread (blocked there, waited for in a thread) and asks
+gdb to interrupt the target (``interrupt``). Until the target stops, every hit asks again after
+it resumes the guest (a byte that reached a stopped QEMU was dropped), so the continue ends as
+a Ctrl-C at a terminal ends, a stop with SIGINT, within a few hits; after ``CTRL_C_TRIES`` hits
+without one, the hit itself stops the continue.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ from vmigdb.recorder import Recorder
 
 #: Frames of the frame-pointer chain read at a SetLazyMode call (the path that opened a batch).
 PATH_FRAMES = 8
+#: Hits that re-send Ctrl-C before one stops the traced continue itself (see the docstring).
+CTRL_C_TRIES = 50
 _STACK = struct.Struct("<6I")
 
 
@@ -107,6 +111,7 @@ class _CtrlC:
 
     def __init__(self) -> None:
         self.requested = False
+        self.tries = 0  # hits that asked again for the interrupt since the Ctrl-C
         self._thread: threading.Thread | None = None
         self._closing = False
         self._lock = threading.Lock()
@@ -119,6 +124,7 @@ class _CtrlC:
         if self._thread is not None or threading.current_thread() is not threading.main_thread():
             return
         self.requested = False
+        self.tries = 0
         self._closing = False
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         self._thread = threading.Thread(target=self._wait, name="vmigdb-trace-ctrl-c",
@@ -147,8 +153,11 @@ class _CtrlC:
 
 
 def _interrupt_target() -> None:
-    """In gdb's main thread: stop a target that runs (one that is stopped at a hit is stopped
-    by that hit's stop(), which sees the request)."""
+    """In gdb's main thread, while the continue Ctrl-C interrupted still runs: ask gdb to
+    interrupt the target (a byte that reaches QEMU stopped at a hit is dropped; the next hit
+    asks again)."""
+    if not _ctrl_c.armed:  # the continue has stopped since this was posted
+        return
     try:
         gdb.execute("interrupt", to_string=True)
     except gdb.error:
@@ -214,8 +223,9 @@ class PortableTracer:
             if arm is not None:
                 self._arm = _Arm(self, *arm)
                 self.enabled = True
-                notes.append(f"no ROM to hook yet ({e}); armed at {arm[1]} ({arm[0]:#x}): "
-                             "recording starts there, when the guest can reach its ROM")
+                notes.append(f"armed at {arm[1]} ({arm[0]:#x}): recording starts there, when "
+                             "the guest can reach its ROM (none to hook yet, as before the "
+                             "firmware places it at reset)")
                 return notes
             notes.append(f"({e})")
         self._hook_found(roms, rom_addr, notes)
@@ -321,9 +331,11 @@ class PortableTracer:
                 self._handle(hook)
         except Exception as e:  # noqa: BLE001 - a stop() must not raise: gdb would stop
             self._failed(e)
-        if _ctrl_c.requested:  # Ctrl-C during this continue: stop here, this hit recorded
-            _ctrl_c.requested = False
-            self.interrupted += 1
+        if _ctrl_c.requested:  # Ctrl-C during this continue: interrupt the guest once it runs
+            _ctrl_c.tries += 1
+            if _ctrl_c.tries < CTRL_C_TRIES:
+                gdb.post_event(_interrupt_target)
+                return False
             gdb.write("vmi trace: Ctrl-C: the traced continue stops here (the trace is kept)\n")
             return True
         return False
@@ -467,6 +479,12 @@ def _on_cont(event: object) -> None:
 
 
 def _on_stop(event: object) -> None:
+    if _ctrl_c.requested:  # this stop ends a continue Ctrl-C interrupted
+        from vmigdb.commands import tracesource
+
+        src = tracesource.for_connection()
+        if isinstance(src, PortableTracer):
+            src.interrupted += 1
     _ctrl_c.disarm()
 
 

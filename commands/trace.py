@@ -190,8 +190,7 @@ glue's caller), and its task (pid and comm, from the kernel's per-cpu current_ta
 --task and --caller keep the calls of that task (pid or comm) or kernel caller (function).
 `save` writes the JSON-lines trace (version 1), all of it or a selection; --no-interrupts
 leaves out the calls made in interrupt handlers (those that end with an IRET back to kernel
-mode) and, on the portable path, the reschedules a timer tick caused (calls made inside
-schedule() entered by preemption), with everything they caused.
+mode) with everything they caused.
 Example: vmi trace start; continue; vmi trace 50 --call SetPxE --task init"""
 
     def __init__(self) -> None:
@@ -346,14 +345,10 @@ Example: vmi trace start; continue; vmi trace 50 --call SetPxE --task init"""
                                        "stub, or a portable trace with vmlinux loaded)")
             rows = have[0].between(first, last)
             irq = context.interrupt_rows(rows)
-            resched = ((rows["flags"] & context.RESCHED) != 0) & ~irq
-            drop = context.owned_events(events, set(rows["seq"][irq | resched].tolist()))
-            meta["excluded"] = {"interrupt_calls": int(irq.sum()),
-                                "reschedule_calls": int(resched.sum()), "events": len(drop),
+            drop = context.owned_events(events, set(rows["seq"][irq].tolist()))
+            meta["excluded"] = {"interrupt_calls": int(irq.sum()), "events": len(drop),
                                 "why": "calls made in interrupt handlers (each ending with "
-                                       "an IRET back to kernel mode), calls made inside "
-                                       "schedule() entered by preemption (where the kernel's "
-                                       "preempt_count was read), and what they caused"}
+                                       "an IRET back to kernel mode) and what they caused"}
             events = [e for e in events if e.seq not in drop]
         if first is not None or last is not None:
             meta["window"] = [first, last]

@@ -214,3 +214,91 @@ def test_a_long_stream_compares_in_bounded_memory() -> None:
         chunks.append(c)
     d = tracediff.diff_chunks(iter(chunks), iter(list(chunks)))
     assert d.equivalent and d.len_a == d.len_b == 1400
+
+
+# --- page numbers by first use (--renumber-pages) --------------------------------------------------
+
+
+def _fork(frames: tuple[int, int, int], user: int = 0x4012, gap: int = 0) -> list[tr.Event]:
+    """A fork-like trace: a page directory and a page table allocated, a PTE written into the
+    table (and flushed by a batch), the table mapped; ``frames``: the page frames the machine
+    gave (directory, table, the user page the PTE maps); ``gap`` events of another kind
+    between a call and its return (what a selection may leave out)."""
+    pd, pt, page = frames
+    base, lowmem = 0xC00C0000, 0xC0000000
+    pte = page << 12 | 0x067
+    ptep = lowmem + (pt << 12) + 4 * (user & 0x3FF)
+    events: list[tr.Event] = [
+        tr.RomInit(0, base=base, batched=True),
+        tr.RomCall(1, call="AllocatePage", entry=base + 0x700, site=0x101000,
+                   args={"pfn": pd, "flags": 0x62, "clone_pfn": 0x16E5, "start": 0x300,
+                         "count": 0x100}),
+        tr.RomCall(2, call="AllocatePage", entry=base + 0x700, site=0x101008,
+                   args={"pfn": pt, "flags": 0x41, "clone_pfn": 0, "start": 0, "count": 0}),
+        tr.RomCall(3, call="SetPxE", entry=base + 0x400, site=0x101010,
+                   args={"pte": pt << 12 | 0x067, "ptep": lowmem + (pd << 12) + 0x80,
+                         "flags": 2}),
+        tr.PteWrite(4, ptep=lowmem + (pd << 12) + 0x80, old=0, new=pt << 12 | 0x067, flags=2),
+        tr.RomCall(5, call="SetPxE", entry=base + 0x400, site=0x101020,
+                   args={"pte": pte, "ptep": ptep, "flags": 0x31}),
+        tr.BatchFlush(6, batch=1, count=1, trigger="SetLazyMode", tlb_action="INVLPG",
+                      entries=[[ptep, 0x31, pte, 0]]),
+        tr.RomCall(7, call="SetLinearMapping", entry=base + 0x680, site=0x101030,
+                   args={"slot": 1, "va": lowmem + (pt << 12), "pages": 1, "pfn": pt}),
+        tr.RomCall(8, call="GetCR3", entry=base + 0x240, site=0x101040),
+    ]
+    seq = 9 + gap
+    events += [tr.LazyMode(9 + k, old=0, new=0) for k in range(gap)]
+    events.append(tr.RomReturn(seq, call_seq=8, call="GetCR3", results={"eax": pd << 12}))
+    return events
+
+
+def test_renumbered_pages_compare_by_first_use() -> None:
+    a, b = _fork((0x79D0, 0x79D1, 0x2345)), _fork((0x7A12, 0x7A13, 0x2999))
+    d = tracediff.diff(a, b)
+    assert not d.equivalent and d.first is not None and d.first.fields == ("args",)
+    assert tracediff.diff(a, b, pages=True).equivalent
+    # Still compared: where a page is reused, offsets within pages, flag bits.
+    swapped = _fork((0x7A13, 0x7A12, 0x2999))  # directory and table change roles: consistent
+    assert tracediff.diff(a, swapped, pages=True).equivalent
+    reused = _fork((0x7A12, 0x7A13, 0x7A12))  # maps the directory where A maps a new page
+    d = tracediff.diff(a, reused, pages=True)
+    assert not d.equivalent and d.first is not None and d.first.index == 5
+    other_entry = _fork((0x7A12, 0x7A13, 0x2999), user=0x4013)
+    assert not tracediff.diff(a, other_entry, pages=True).equivalent
+    flags = [replace(e, args={**e.args, "pte": e.args["pte"] | 0x800})
+             if isinstance(e, tr.RomCall) and e.seq == 5 else e for e in b]
+    assert not tracediff.diff(a, flags, pages=True).equivalent
+
+
+def test_pages_are_numbered_across_chunks_and_batch_entries() -> None:
+    a, b = _fork((0x79D0, 0x79D1, 0x2345)), _fork((0x7A12, 0x7A13, 0x2999))
+    pieces = [ev.from_events(b[:4]), ev.from_events(b[4:7]), ev.from_events(b[7:])]
+    assert tracediff.diff_chunks([ev.from_events(a)], pieces, pages=True).equivalent
+    bad_entry = [replace(e, entries=[[e.entries[0][0], 0x31, 0x7A12 << 12 | 0x067, 0]])
+                 if isinstance(e, tr.BatchFlush) else e for e in b]
+    assert not tracediff.diff(a, bad_entry, pages=True).equivalent
+
+
+def test_a_return_is_as_far_from_its_call_as_the_events_kept_say() -> None:
+    """A selection that left out events between a call and its return (``vmi trace save
+    --no-interrupts``: an interrupt inside the ROM call) compares equal to one without them."""
+    frames = (0x79D0, 0x79D1, 0x2345)
+    whole, gapped = _fork(frames), _fork(frames, gap=5)
+    kept = [e for e in gapped if not isinstance(e, tr.LazyMode) or e.seq < 9]
+    assert [e.seq for e in kept][-2:] == [8, 14]
+    assert tracediff.diff(whole, kept).equivalent
+    wrong = kept[:-1] + [replace(kept[-1], call_seq=7)]
+    d = tracediff.diff(whole, wrong)
+    assert d.first is not None and d.first.fields == ("call_seq",)
+
+
+def test_cli_renumber_pages(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.jsonl", _fork((0x79D0, 0x79D1, 0x2345)))
+    b = _write(tmp_path / "b.jsonl", _fork((0x7A12, 0x7A13, 0x2999)))
+    env = {"COLUMNS": "200", "NO_COLOR": "1", "PATH": "/usr/bin:/bin"}
+    run = [str(VMIGDB), "diff", str(a), str(b)]
+    assert subprocess.run(run, capture_output=True, env=env, check=False).returncode == 1
+    same = subprocess.run([*run, "--renumber-pages"], capture_output=True, text=True, env=env,
+                          check=False)
+    assert same.returncode == 0 and "equivalent: 10 events each" in same.stdout, same.stdout

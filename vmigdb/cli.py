@@ -227,7 +227,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
     same = tracecmds.diff(tracecmds.DiffOptions(
         args.a, args.b, context=args.context, strict=args.strict, relative=args.relative,
-        regions=args.regions, partial=args.partial), console.make_console())
+        pages=args.renumber_pages, regions=args.regions, partial=args.partial),
+        console.make_console())
     return EXIT_OK if same else EXIT_GUEST_FAILED
 
 
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compare clock results (RDTSC...) too")
     dif.add_argument("--relative", action="store_true",
                      help="compare ROM entries as offsets (a ROM at another address)")
+    dif.add_argument("--renumber-pages", action="store_true",
+                     help="compare page numbers by their order of first use (machines that "
+                          "gave the guest other page frames)")
     dif.set_defaults(func=_cmd_diff)
 
     exp = sub.add_parser("export", help="a trace as Parquet, JSON Lines or Perfetto JSON")

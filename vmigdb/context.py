@@ -23,10 +23,7 @@ nor the stack pointer, and the version 1 file format stays as it is):
 * ``esp``: the stack pointer at the ROM entry, and ``flags``: an IRET back to kernel mode
   (``IRET_KERNEL``), and what the kernel said about interrupt context when that was read
   (``IRQ_KNOWN``/``IRQ``: the portable path reads the per-cpu ``irq_regs``, set by do_IRQ for
-  the whole of an interrupt, its softirqs included), and whether the call ran inside
-  schedule() entered by preemption (``RESCHED``: the portable path reads the task's
-  ``preempt_count``, which has PREEMPT_ACTIVE while ``cond_resched`` reschedules, as after a
-  timer tick asked for it).
+  the whole of an interrupt, its softirqs included).
 
 On top: interrupt regions from the events alone (``interrupt_rows``), the events that belong
 to given calls (``owned_events``), a profile by call x kernel caller (``profile``) and what
@@ -53,7 +50,6 @@ CONTEXT = np.dtype([
 IRET_KERNEL = 1  # an IRET whose frame returns to kernel mode (CS RPL 0): a handler ends
 IRQ_KNOWN = 2  # the kernel's interrupt state was read at this call
 IRQ = 4  # ... and it was in an interrupt (irq_regs set)
-RESCHED = 8  # made inside schedule() entered by preemption (preempt_count has PREEMPT_ACTIVE)
 #: Bytes from an IRET's return address (its stack pointer at the ROM entry) down to the
 #: registers Linux's i386 entry code saved below the CPU's frame (pt_regs.bx: 12 words below
 #: pt_regs.ip, which is 4 bytes above the return address): a handler's calls all ran below them.

@@ -141,6 +141,7 @@ class DiffOptions:
     context: int = 3
     strict: bool = False
     relative: bool = False
+    pages: bool = False
     regions: int = 20
     partial: bool = False
 
@@ -157,7 +158,7 @@ def diff(o: DiffOptions, console: Console) -> bool:
         d = tracediff.diff_chunks(
             tracein.chunks(ta, partial=o.partial, warn=_warn),
             tracein.chunks(tb, partial=o.partial, warn=_warn), context=o.context,
-            strict=o.strict, relative=o.relative, regions=o.regions,
+            strict=o.strict, relative=o.relative, pages=o.pages, regions=o.regions,
             progress=lambda: tracein.update_many(progress, [ta, tb]))
     console.print(render_diff(d, o.a, o.b))
     return d.equivalent

@@ -4,10 +4,20 @@ count differences; streamed, so two Linux boots compare in bounded memory.
 The question behind it: does the same guest make the same ROM calls on two machines (vmigdb's
 stub against QEMU), or with the ROM in place against copied? Events are compared without their
 ``seq`` (a trace may start later), ``clock`` and ``task`` (no two runs share them), with a
-return's ``call_seq`` taken relative to its own position. Values no two runs share are ignored
-unless ``strict``: the results of calls that read a clock (``VOLATILE_RESULTS``). ``relative``
+return's ``call_seq`` taken relative to its own position: how many events of the trace as given
+back its call is (a selection that left events out counts what it kept). Values no two runs
+share are ignored unless ``strict``: the results of calls that read a clock
+(``VOLATILE_RESULTS``). ``relative``
 compares ROM entries as offsets into the ROM and ignores the ROM's base, for a ROM that runs at
-another address.
+another address. ``pages`` compares page numbers by the order of their first use in each trace
+(``PageNumbers``): two machines whose firmware leaves the guest other memory (QEMU's SeaBIOS and
+vmigdb's machine) give it other page frames for the same work, and the kernel addresses of its
+page tables differ with them. Physical page numbers (arguments of ABI kind pfn, pte, pa, cr3,
+PTE write values, batched entries' new values) and virtual ones (kinds ptep and va, PTE write
+and batched entry addresses) are renumbered apart, 1, 2, 3... as each trace first uses them;
+offsets within a page and flag bits stay, and 0 stays 0 (no page). Two traces that differ only
+in which frames the guest got compare equal; a page used where the other trace uses another
+one it already used does not.
 
 How it goes: each event becomes one row of normalised columns (``NORM``), so comparing is one
 numpy equality per chunk. Where the traces stop matching, the diff looks ahead in both (windows
@@ -28,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vmigdb import abi
 from vmigdb import events as ev
 from vmigdb import trace as tr
 
@@ -93,6 +104,120 @@ _FIELD_NAMES = {
 }
 
 
+PHYSICAL, VIRTUAL = 0, 1  # page number spaces
+#: ABI kinds that carry a page number: (its space, the bits below it) (see ``pages`` above).
+PAGE_KINDS = {"pfn": (PHYSICAL, 0), "pte": (PHYSICAL, 12), "pa": (PHYSICAL, 12),
+              "cr3": (PHYSICAL, 12), "ptep": (VIRTUAL, 12), "va": (VIRTUAL, 12)}
+#: Results that are page numbers (the ABI names result registers only).
+RESULT_KINDS = {"GetCR3": ("cr3",), "MachineToPhysical": ("pfn",),
+                "PhysicalToMachine": ("pfn",)}
+_PFN_BITS = 40  # a PTE's frame number (bits 12-51, PAE's too)
+
+
+def _kind_table(kinds: dict[int, tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per call number and column a0..a4: page namespace (-1: none) and bits below it."""
+    space = np.full((256, len(ev.ARGS)), -1, np.int8)
+    shift = np.zeros((256, len(ev.ARGS)), np.int8)
+    for call, names in kinds.items():
+        for i, kind in enumerate(names[:len(ev.ARGS)]):
+            if kind in PAGE_KINDS:
+                space[call, i], shift[call, i] = PAGE_KINDS[kind]
+    return space, shift
+
+
+_ARG_PAGES = _kind_table({int(c): tuple(a.kind for a in s.args) for c, s in abi.CALLS.items()})
+_RESULT_PAGES = _kind_table({int(abi.VmiCall[n]): k for n, k in RESULT_KINDS.items()})
+
+
+class PageNumbers:
+    """Page numbers as one trace first uses them: the first page seen is 1, the next new one 2,
+    and so on; kept from chunk to chunk."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, int] = {}
+
+    def __call__(self, pages: np.ndarray) -> np.ndarray:
+        """The numbers of ``pages`` (in their order of use)."""
+        if not len(pages):
+            return np.zeros(0, np.uint64)
+        uniq, first, inverse = np.unique(pages, return_index=True, return_inverse=True)
+        for page in uniq[np.argsort(first, kind="stable")].tolist():
+            if page not in self.known:
+                self.known[page] = len(self.known) + 1
+        numbers = np.fromiter((self.known[p] for p in uniq.tolist()), np.uint64, len(uniq))
+        return numbers[inverse.reshape(-1)]
+
+
+@dataclass
+class _Use:
+    """Page-carrying values of one column, ``column[where]``: their events (index in the chunk)
+    and order inside each event, and where the page number is (``field`` mask, ``shift`` up)."""
+
+    space: int
+    event: np.ndarray
+    order: np.ndarray
+    column: np.ndarray
+    where: np.ndarray
+    shift: np.ndarray
+    field: int
+
+
+def _renumber_pages(chunk: ev.Chunk, numbers: tuple[PageNumbers, PageNumbers]) -> ev.Chunk:
+    """``chunk`` with its page numbers replaced by ``numbers``' (a copy; see ``pages``)."""
+    cols = dict(chunk.cols)
+    for name in (*ev.ARGS, "old", "new"):
+        cols[name] = chunk[name].copy()
+    entries = chunk.entries.copy()
+    kinds, calls = chunk["kind"], chunk["call"]
+    uses: list[_Use] = []
+
+    def add(space: int, where: np.ndarray, event: np.ndarray, order: int | np.ndarray,
+            column: np.ndarray, shift: int | np.ndarray, field: int = 0xFFFFFFFF) -> None:
+        live = column[where] != 0
+        if live.any():
+            def each(x: int | np.ndarray, dtype: type) -> np.ndarray:
+                return np.broadcast_to(np.asarray(x, dtype), where.shape)[live]
+            uses.append(_Use(space, event[live], each(order, np.int64), column, where[live],
+                             each(shift, np.uint64), field))
+
+    for (space, shift), kind in ((_ARG_PAGES, ev.Kind.CALL), (_RESULT_PAGES, ev.Kind.RETURN)):
+        rows = np.flatnonzero(kinds == kind)
+        for i, name in enumerate(ev.ARGS):
+            sp, sh = space[calls[rows], i], shift[calls[rows], i]
+            for ns in (PHYSICAL, VIRTUAL):
+                where = rows[sp == ns]
+                add(ns, where, where, i, cols[name], sh[sp == ns])
+    ptes = np.flatnonzero(kinds == ev.Kind.PTE)
+    add(VIRTUAL, ptes, ptes, 0, cols["a0"], 12)
+    add(PHYSICAL, ptes, ptes, 5, cols["old"], 12, (1 << _PFN_BITS) - 1)
+    add(PHYSICAL, ptes, ptes, 6, cols["new"], 12, (1 << _PFN_BITS) - 1)
+    if len(entries):
+        every = np.arange(len(entries))
+        event = np.searchsorted(chunk["seq"], entries["seq"])
+        starts = np.flatnonzero(np.r_[True, entries["seq"][1:] != entries["seq"][:-1]])
+        position = every - np.repeat(starts, np.diff(np.r_[starts, len(entries)]))
+        add(VIRTUAL, every, event, 16 + 2 * position, entries["ptep"], 12)
+        add(PHYSICAL, every, event, 17 + 2 * position, entries["lo"], 12)
+    for ns, counter in ((PHYSICAL, numbers[0]), (VIRTUAL, numbers[1])):
+        mine = [u for u in uses if u.space == ns]
+        if not mine:
+            continue
+        values = np.concatenate([u.column[u.where].astype(np.uint64) for u in mine])
+        shift = np.concatenate([u.shift for u in mine])
+        field = np.concatenate([np.full(len(u.where), u.field, np.uint64) for u in mine])
+        field = np.where(field == 0xFFFFFFFF, field >> shift, field)
+        order = np.lexsort((np.concatenate([u.order for u in mine]),
+                            np.concatenate([u.event for u in mine])))
+        number = np.empty(len(values), np.uint64)
+        number[order] = counter(((values >> shift) & field)[order])
+        out = (values & ~(field << shift)) | (number << shift)
+        at = 0
+        for u in mine:
+            u.column[u.where] = out[at:at + len(u.where)]
+            at += len(u.where)
+    return ev.Chunk(cols, entries)
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, on uint64 arrays (wrapping)."""
     x = x.astype(np.uint64, copy=True)
@@ -114,16 +239,23 @@ def hashes(norm: np.ndarray) -> np.ndarray:
 
 class Normalizer:
     """Events as the rows compared (``NORM``): what the version 1 comparison compared, field by
-    field. State carries from chunk to chunk: the ROM's base (``relative``), and the volatile
-    values ignored, by call number."""
+    field. State carries from chunk to chunk: the ROM's base (``relative``), the page numbers
+    given so far (``pages``), and the volatile values ignored, by call number."""
 
-    def __init__(self, *, strict: bool = False, relative: bool = False) -> None:
+    def __init__(self, *, strict: bool = False, relative: bool = False,
+                 pages: bool = False) -> None:
         self.strict = strict
         self.relative = relative
+        self.pages = pages
+        self.numbers = (PageNumbers(), PageNumbers())  # physical, virtual
         self.base = 0
         self.ignored = np.zeros(256, np.int64)
+        self.position = 0  # events normalised so far
+        self._calls = (np.zeros(0, np.uint64), np.zeros(0, np.int64))  # last chunk's: seq, at
 
     def __call__(self, chunk: ev.Chunk) -> np.ndarray:
+        if self.pages:
+            chunk = _renumber_pages(chunk, self.numbers)
         n = len(chunk)
         kinds, calls = chunk["kind"], chunk["call"]
         out = np.zeros(n, NORM)
@@ -140,7 +272,7 @@ class Normalizer:
             sel = kinds == kind
             for name in used:
                 if name == "dist":
-                    out["dist"][sel] = chunk["seq"][sel] - chunk["link"][sel]
+                    out["dist"][sel] = self._distances(chunk, sel)
                 elif name == "ents":
                     out["ents"][sel] = _entry_hashes(chunk, chunk["seq"][sel])
                 else:
@@ -160,6 +292,9 @@ class Normalizer:
             out["entry"][inits] = 0
             if inits.any():
                 self.base = int(chunk["entry"][np.flatnonzero(inits)[-1]])
+        self._calls = (chunk["seq"][is_call].astype(np.uint64),
+                       self.position + np.flatnonzero(is_call))
+        self.position += n
         if not self.strict and is_ret.any():
             volatile = _VOLATILE[calls] & is_ret[:, None]
             for i, name in enumerate(ev.ARGS):
@@ -167,6 +302,20 @@ class Normalizer:
             self.ignored += np.bincount(calls, weights=volatile.sum(axis=1),
                                         minlength=256).astype(np.int64)
         return out
+
+    def _distances(self, chunk: ev.Chunk, returns: np.ndarray) -> np.ndarray:
+        """How many events back each return's call is, in the trace as given (a selection
+        that left out events, as ``--no-interrupts`` does, counts what it kept); by seq when
+        the call is not in this chunk or the last one."""
+        calls = chunk["kind"] == K.CALL
+        seqs = np.concatenate([self._calls[0], chunk["seq"][calls].astype(np.uint64)])
+        at = np.concatenate([self._calls[1], self.position + np.flatnonzero(calls)])
+        links = chunk["link"][returns].astype(np.uint64)
+        here = self.position + np.flatnonzero(returns)
+        found = np.minimum(np.searchsorted(seqs, links), max(len(seqs) - 1, 0))
+        ok = (seqs[found] == links) if len(seqs) else np.zeros(len(links), bool)
+        by_seq = chunk["seq"][returns].astype(np.int64) - links.astype(np.int64)
+        return np.where(ok, here - (at[found] if len(at) else 0), by_seq)
 
 
 def _entry_hashes(chunk: ev.Chunk, seqs: np.ndarray) -> np.ndarray:
@@ -432,12 +581,13 @@ def _counts(a: dict[str, int], b: dict[str, int]) -> tuple[CountDiff, ...]:
 
 
 def diff_chunks(a: Iterable[ev.Chunk], b: Iterable[ev.Chunk], *, context: int = 3,
-                strict: bool = False, relative: bool = False, regions: int = REGIONS,
-                progress: Callable[[], None] | None = None) -> TraceDiff:
+                strict: bool = False, relative: bool = False, pages: bool = False,
+                regions: int = REGIONS, progress: Callable[[], None] | None = None
+                ) -> TraceDiff:
     """Compare two traces given as chunks, streaming (see the module docstring). ``regions``:
     how many regions keep their events (0: all); ``progress`` is called as the work goes."""
-    norm_a = Normalizer(strict=strict, relative=relative)
-    norm_b = Normalizer(strict=strict, relative=relative)
+    norm_a = Normalizer(strict=strict, relative=relative, pages=pages)
+    norm_b = Normalizer(strict=strict, relative=relative, pages=pages)
     keep = max(context, 0)
     sa, sb = _Side(a, norm_a, keep), _Side(b, norm_b, keep)
     i = j = 0
@@ -529,7 +679,8 @@ def _region(sa: _Side, sb: _Side, i: int, p: int, j: int, q: int, context: int) 
 
 
 def diff(a: Sequence[tr.Event], b: Sequence[tr.Event], *, context: int = 3,
-         strict: bool = False, relative: bool = False, regions: int = REGIONS) -> TraceDiff:
+         strict: bool = False, relative: bool = False, pages: bool = False,
+         regions: int = REGIONS) -> TraceDiff:
     """Compare two traces given as event objects."""
     return diff_chunks([ev.from_events(a)], [ev.from_events(b)], context=context,
-                       strict=strict, relative=relative, regions=regions)
+                       strict=strict, relative=relative, pages=pages, regions=regions)
