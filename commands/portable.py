@@ -344,7 +344,7 @@ class PortableTracer:
         if hook.kind == "entry":
             self._on_entry(hook)
         elif hook.kind == "return":
-            self._on_return()
+            self._on_return(hook)
         elif hook.kind == "flush":
             self._on_flush()
         elif hook.kind == "init":
@@ -391,8 +391,12 @@ class PortableTracer:
         seq = self.recorder.seq
         ret = self.recorder.call(hook.handler, hook.addr, reg, esp, stack, self._read)
         self._context(seq, hook.handler.call, esp, reg("ebp"), _STACK.unpack(stack))
-        if ret is not None and self.returns and ret not in self._return_hooks:
-            self._return_hooks[ret] = _Hook(self, ret, None, "return")
+        if ret is not None and self.returns:
+            hook_at = self._return_hooks.get(ret)
+            if hook_at is None:
+                self._return_hooks[ret] = _Hook(self, ret, None, "return")
+            elif not hook_at.enabled:
+                hook_at.enabled = True
 
     def _context(self, seq: int, call: VmiCall, esp: int, ebp: int,
                  stack: tuple[int, ...]) -> None:
@@ -435,11 +439,15 @@ class PortableTracer:
             out.append(up)
         return tuple(out)
 
-    def _on_return(self) -> None:
-        if not self.recorder.pending:
-            return
-        reg = _reg(gdb.selected_frame())
-        self.recorder.ret(reg("eip"), reg("esp"), reg)
+    def _on_return(self, hook: _Hook) -> None:
+        """A return breakpoint stays enabled only while a call it ends is pending: code that
+        reaches the address otherwise (Linux patches the site of an early call to a nop
+        that later runs on every call) costs a stop for nothing."""
+        if self.recorder.pending:
+            reg = _reg(gdb.selected_frame())
+            self.recorder.ret(reg("eip"), reg("esp"), reg)
+        if all(p.ret != hook.addr for p in self.recorder.pending):
+            hook.enabled = False  # enabled again by the next call that returns here
 
     def _on_flush(self) -> None:
         eax = _reg(gdb.selected_frame())("eax")
