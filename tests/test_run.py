@@ -114,3 +114,21 @@ def test_rom_with_bad_signature(built: Built, tmp_path: Path) -> None:
 
 def test_missing_guest_file(built: Built, tmp_path: Path) -> None:
     _one_line_error(vmigdb("run", str(tmp_path / "nope.elf"), "--rom", str(built.rom)), "nope.elf")
+
+
+def test_a_second_stub_in_the_same_folder_reports_its_own_port(built: Built,
+                                                               tmp_path: Path) -> None:
+    """start_stub appends to the folder's stub.log: the port it returns is this run's, and a
+    gdb-less RSP connection to it reaches a live stub (not the first, stopped one)."""
+    import socket
+
+    from vmigdb import targets
+
+    first = targets.start_stub(built.guest, built.rom, "", tmp_path)
+    first.stop()
+    second = targets.start_stub(built.guest, built.rom, "", tmp_path)
+    try:
+        assert second.port != first.port
+        socket.create_connection(("127.0.0.1", second.port), timeout=5).close()
+    finally:
+        second.stop()

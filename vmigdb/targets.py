@@ -185,10 +185,13 @@ def start_stub(guest: Path, rom: Path, cmdline: str, work: Path, *,
         argv += ["--initrd", str(initrd)]
     if memory_mib is not None:
         argv += ["-m", str(memory_mib)]
+    start = log.stat().st_size if log.exists() else 0  # the log is appended to: read this run's
     proc = _spawn(argv, serial, log)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
+        with open(log, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
         m = re.search(r"listening on [\d.]+:(\d+)", text)
         if m:
             return Target("stub", proc, int(m.group(1)), log, serial)
