@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Built
+from conftest import Built, require
 
 from vmigdb import elf
 from vmigdb.mi import Gdb, die_with_parent
@@ -299,8 +299,7 @@ def test_listen_off_loopback_warns(built: Built) -> None:
 
 
 def test_listen_on_ipv6_loopback_serves_gdb(built: Built, tmp_path: Path, procs: list) -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this host")
+    require(socket.has_ipv6, "no IPv6 on this host")
     proc, log, port = start_serve(procs, tmp_path, built.guest, "--listen", "::1",
                                   rom=built.rom)
     text = log.read_text()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Built
+from conftest import Built, require
 from linux.initramfs import build_initramfs, probe_names
 
 from vmigdb import debugexit
@@ -64,10 +64,13 @@ KNOWN_MACHINE_BUGS: dict[str, str] = {
 
 LINUX = linux_dir()
 KERNEL = (LINUX or Path("shared/linux")) / KERNEL_NAME
-pytestmark = pytest.mark.skipif(
-    LINUX is None,
-    reason=f"the Linux guest {KERNEL} is absent (set VMIGDB_LINUX_DIR to the folder holding "
-           f"{KERNEL_NAME})")
+
+
+@pytest.fixture(autouse=True)
+def _linux_here() -> None:
+    require(LINUX, f"the Linux guest {KERNEL} is absent (set VMIGDB_LINUX_DIR to the folder "
+                   f"holding {KERNEL_NAME})")
+
 
 PROBE_LINE = re.compile(r"^PROBE: (\S+) (ok|FAIL.*)$", re.MULTILINE)
 
@@ -195,8 +198,7 @@ def test_same_probe_lines_as_qemu(vmigdb_boot: Callable[[int], Boot], initrd: Pa
                                   tmp_path: Path) -> None:
     """QEMU, the reference, passes every probe (else the probe is wrong) and prints the same
     PROBE lines as vmigdb's machine, apart from the known machine bugs' probes."""
-    if shutil.which(QEMU) is None:
-        pytest.skip(f"{QEMU} not installed (the reference machine)")
+    require(shutil.which(QEMU), f"{QEMU} not installed (the reference machine)")
     qemu = run_qemu(initrd, tmp_path)
     names = probe_names()
     assert qemu.code == 0, f"QEMU: guest code {qemu.code}\n{qemu.tail()}"

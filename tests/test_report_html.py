@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import CHROMIUM, run
-from conftest import Built
+from conftest import Built, require
 from matplotlib.image import imread
 from tracefiles import chunk_of, record
 
@@ -25,8 +25,11 @@ from vmigdb.tracefile import TraceFileWriter
 VMIGDB = Path(sys.executable).with_name("vmigdb")
 ENV = {**os.environ, "COLUMNS": "160", "NO_COLOR": "1"}
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI "
-                                                         "installs it: .ci/run)")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_here() -> None:
+    require(CHROMIUM, "chromium is not installed (CI installs it: .ci/run)")
 
 
 class _Attributes(HTMLParser):
