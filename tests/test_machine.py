@@ -22,7 +22,7 @@ from vmigdb.stub.machine import Machine, MemoryFault, StopReason
 ASM = Path(__file__).parent / "asm"
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = ("basic", "spin", "halt", "triple", "romwrite", "faults", "nomultiboot", "sysenter",
-            "cpuid")
+            "cpuid", "smc")
 
 
 def _run(*cmd: object) -> None:
@@ -215,6 +215,17 @@ def test_sysexit_to_ring_3_and_sysenter_back(progs):
     assert m.run().exit_code == 0x50
     code, _serial = run_qemu(progs["sysenter"], None)
     assert code == 0x50  # QEMU runs the same trip to the same end
+
+
+def test_code_rewritten_through_another_address_runs_new(progs):
+    """Data pages get TLB entries that cannot execute (their stores take the fast path); a page
+    code is fetched from must lose every such entry at once, or a rewrite through another
+    virtual address would leave stale translated code running (tests/asm/smc.S)."""
+    m = boot(progs, "smc")
+    assert m.run().exit_code == 57
+    assert m.vm.code_page_flushes > 0 and m.vm.tlb_fills > 0  # the machine's walk did it
+    code, _serial = run_qemu(progs["smc"], None)
+    assert code == 57
 
 
 def test_cpuid_answers_as_qemus_qemu32_without_apic(progs):

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from unicorn import (
+    UC_ERR_EXCEPTION,
     UC_ERR_FETCH_PROT,
     UC_ERR_FETCH_UNMAPPED,
     UC_ERR_INSN_INVALID,
@@ -455,14 +456,28 @@ class Cpu:
         # (service, interrupt delivery) stopped before any hook at the pc ran, so they run.
         self._start_pc = pc if resume and pc in self._sites else None
         self.vm.stop_reason = lib.VM_STOP_NONE
+        self.vm.if_stale = 1  # registers may have been written since the last run
+        self.vm.pf_pending = 0
         self.regs.ctx.clear_old_exception()
         self.memory.xlate.clear()
         self.memory.in_emu = True
         try:
-            self.uc.emu_start(pc, UNTIL, 0, count)
-            err = None
-        except UcError as e:
-            err = e
+            while True:
+                try:
+                    self.uc.emu_start(pc, UNTIL, 0, count)
+                    err = None
+                except UcError as e:
+                    err = e
+                if err is None or err.errno != UC_ERR_EXCEPTION or not self.vm.pf_pending:
+                    break
+                # The page walk (stub/native/mmu.c) found a fault and Unicorn stopped at the
+                # faulting instruction: it runs again under Unicorn's own walk, which raises
+                # the #PF. Its breakpoint and hooks already ran.
+                pc = self.eip
+                lib.vm_settle(self.vm, pc)
+                lib.vm_retry_fault(self.vm)
+                if pc in self._sites:
+                    self._start_pc = self._arrival_done = pc
         finally:
             self.memory.in_emu = False
         if self.vm.stop_reason == lib.VM_STOP_NONE:

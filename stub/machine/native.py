@@ -19,7 +19,9 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_TLB_FILL,
     UC_MODE_32,
+    UC_TLB_VIRTUAL,
     Uc,
 )
 from unicorn import x86_const as X
@@ -134,7 +136,7 @@ class Native:
             uc_function("uc_reg_read"), uc_function("uc_reg_write"),
             uc_function("uc_vmem_read"))))
         for name in ("eax", "ebx", "ecx", "edx", "eflags", "cr2", "eip", "esp", "cs", "ss", "cr0",
-                     "cr3", "cr4", "idtr", "gdtr", "tr", "msr"):
+                     "cr3", "cr4", "idtr", "gdtr", "tr", "msr", "ldtr"):
             setattr(vm, f"reg_{name}", getattr(X, f"UC_X86_REG_{name.upper()}"))
         for name in ("uc_mem_read", "uc_mem_write", "uc_context_save", "uc_context_restore"):
             setattr(vm, name, ffi.cast("void *", uc_function(name)))
@@ -174,10 +176,18 @@ class Native:
                    ctypes.c_int(X.UC_X86_INS_SYSENTER))
         add_c_hook(uc, UC_HOOK_INTR, c_function("vm_intr_hook"), a)
         add_c_hook(uc, UC_HOOK_INSN_INVALID, c_function("vm_invalid_hook"), a)
+        # The guest's page walk in C (mmu.c): data pages without execute rights, so stores
+        # take TCG's fast path.
+        add_c_hook(uc, UC_HOOK_TLB_FILL, c_function("vm_tlb_fill"), a)
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self._code_pages = ffi.new("uint8_t[]", 1)
 
     def set_memory(self, ram_size: int, rom_base: int, rom_end: int) -> None:
         """Where interrupt frames may be written: RAM, not the ROM."""
         self.vm.ram_size, self.vm.rom_base, self.vm.rom_end = ram_size, rom_base, rom_end
+        pages = (ram_size + 0xFFF) >> 12
+        self._code_pages = ffi.new("uint8_t[]", (pages + 7) // 8)
+        self.vm.code_pages, self.vm.code_pages_count = self._code_pages, pages
 
     def __del__(self) -> None:
         ctx = getattr(self, "_ctx", None)

@@ -78,7 +78,7 @@ uint64_t vm_next_event(struct vm *m)
 
 void vm_update_deadline(struct vm *m)
 {
-    m->deadline = m->requests ? 0 : vm_next_event(m);
+    m->deadline = (m->requests || m->tlb_restore) ? 0 : vm_next_event(m);
 }
 
 void vm_run_timers(struct vm *m)
@@ -105,19 +105,76 @@ static void stop(struct vm *m, void *uc, int32_t why)
     m->rc.emu_stop(uc);
 }
 
-static uint32_t block_icount(struct vm *m, void *uc, uint32_t pc, uint32_t size)
+static struct vm_tb_entry *tb_slot(struct vm *m, uint32_t pc, uint32_t size)
 {
-    struct vm_tb_entry *e = &m->tb[(pc ^ (pc >> 11) ^ (size << 5)) & (VM_TB_SLOTS - 1)];
-    if (e->pc == pc && e->size == size)
-        return e->icount;
+    return &m->tb[(pc ^ (pc >> 11) ^ (size << 5)) & (VM_TB_SLOTS - 1)];
+}
+
+/* The clock counts the block about to run. */
+static inline void count_block(struct vm *m, uint32_t pc, uint32_t size, uint32_t entry)
+{
+    uint32_t n = entry & VM_TB_ICOUNT;
+    m->block_pc = pc;
+    m->block_size = size;
+    m->block_icount = n;
+    m->block_keeps_if = entry & VM_TB_KEEPS_IF;
+    m->ticks += n;
+}
+
+/* A block cache miss: ask Unicorn for the block's instruction count (kept off the hot path). */
+__attribute__((noinline)) static void count_uncached_block(struct vm *m, void *uc,
+                                                           uint32_t pc, uint32_t size)
+{
+    struct vm_tb_entry *e = tb_slot(m, pc, size);
     struct uc_tb tb = {0};
+    uint32_t n = 1;  /* if Unicorn has no such block (it cannot happen for a block being run) */
     m->tb_misses++;
-    if (m->uc_ctl(uc, UC_CTL_TB_REQUEST_CACHE_RW, (uint64_t)pc, &tb) != 0 || tb.icount == 0)
-        return 1;  /* cannot happen for a block being run; count it as one instruction */
-    e->pc = pc;
-    e->size = (uint16_t)size;
-    e->icount = tb.icount;
-    return tb.icount;
+    if (m->uc_ctl(uc, UC_CTL_TB_REQUEST_CACHE_RW, (uint64_t)pc, &tb) == 0 && tb.icount != 0) {
+        e->pc = pc;
+        e->size = (uint16_t)size;
+        e->icount = tb.icount & VM_TB_ICOUNT;  /* whether it keeps IF: not known yet */
+        n = e->icount;
+    }
+    count_block(m, pc, size, n);
+}
+
+/* Count a block: the hot path, a leaf with a tail call on a cache miss. */
+static inline void count(struct vm *m, void *uc, uint32_t pc, uint32_t size)
+{
+    struct vm_tb_entry *e = tb_slot(m, pc, size);
+    if (__builtin_expect(e->pc == pc && e->size == size, 1))
+        count_block(m, pc, size, e->icount);
+    else
+        count_uncached_block(m, uc, pc, size);
+}
+
+/*
+ * Whether the block that ran last may have set EFLAGS.IF. Reading EFLAGS costs Unicorn a flags
+ * computation (about 25 ns), and a pending interrupt can wait for IF=1 through millions of
+ * blocks (the bzImage decompressor runs with IF=0 and the BIOS's timer pending: 33 million
+ * blocks, half of a Linux boot's time). STI, POPF and IRET each end their translation block,
+ * so only a block whose last byte is 0xFB, 0x9D or 0xCF can have set IF; the answer is kept in
+ * the block cache. Everything else that can set IF (the run's start, a register write, an
+ * event delivery, the end of an interrupt shadow, a device timer) sets vm.if_stale instead.
+ */
+static int last_block_may_set_if(struct vm *m, void *uc)
+{
+    uint32_t pc = m->block_pc, size = m->block_size;
+    if (m->block_keeps_if)
+        return 0;
+    if (size == 0)
+        return 1;
+    struct vm_tb_entry *e = tb_slot(m, pc, size);
+    int cached = e->pc == pc && e->size == size;
+    if (cached && (e->icount & VM_TB_IF_CHECKED))
+        return !(e->icount & VM_TB_KEEPS_IF);
+    uint8_t last = 0;
+    int maybe = 1;
+    if (m->uc_vmem_read(uc, pc + size - 1, 1 /* UC_PROT_READ */, &last, 1) == 0)
+        maybe = last == 0xFB || last == 0x9D || last == 0xCF;
+    if (cached)
+        e->icount |= VM_TB_IF_CHECKED | (maybe ? 0 : VM_TB_KEEPS_IF);
+    return maybe;
 }
 
 /* Everything behind the deadline test; 1 when emulation is to stop before this block. */
@@ -130,39 +187,54 @@ static int slow_path(struct vm *m, void *uc)
         return 1;
     }
     if (m->ticks >= m->deadline) {
+        m->if_stale = 1;  /* a safety net: IF is read at least once per device event */
+        vm_tlb_restore_step(m);
         vm_run_timers(m);
         if (m->requests) {
             stop(m, uc, VM_STOP_DEVICE);
             return 1;
         }
     }
-    if (m->irq_check && m->irq_delivery) {
+    if (m->irq_check && m->irq_delivery && (m->if_stale || last_block_may_set_if(m, uc))) {
         uint32_t eflags = 0;
         m->uc_reg_read(uc, m->reg_eflags, &eflags);
         if (eflags & EFLAGS_IF) {
             stop(m, uc, VM_STOP_IRQ);
             return 1;
         }
+        m->if_stale = 0;
     }
     return 0;
+}
+
+/* The block hook's rare half: an interrupt shadow, a device event, a stop, a pending IRQ. */
+__attribute__((noinline)) static void block_hook_slow(struct vm *m, void *uc, uint32_t pc,
+                                                      uint32_t size)
+{
+    if (m->irq_holdoff) {  /* the one-instruction block in an STI/MOV SS shadow */
+        m->irq_holdoff = 0;
+        m->if_stale = 1;
+    } else if (slow_path(m, uc)) {
+        return;
+    }
+    count(m, uc, pc, size);
 }
 
 void vm_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
     struct vm *m = user_data;
     m->now = m->ticks;
-    if (__builtin_expect((m->ticks >= m->deadline) | m->rc.stop | m->irq_check, 0)) {
-        if (m->irq_holdoff) {  /* the one-instruction block in an STI/MOV SS shadow */
-            m->irq_holdoff = 0;
-        } else if (slow_path(m, uc)) {
-            return;
-        }
-    }
-    uint32_t n = block_icount(m, uc, (uint32_t)address, size);
-    m->block_pc = (uint32_t)address;
-    m->block_size = size;
-    m->block_icount = n;
-    m->ticks += n;
+    /* A pending interrupt needs a look only when IF may have changed (last_block_may_set_if) */
+    int irq = m->irq_check & (m->if_stale | (m->block_keeps_if == 0));
+    if (__builtin_expect((m->ticks >= m->deadline) | m->rc.stop | irq, 0))
+        block_hook_slow(m, uc, (uint32_t)address, size);
+    else
+        count(m, uc, (uint32_t)address, size);
+}
+
+/* A block hook that does nothing: the bench measures what any per-block callback costs. */
+void vm_null_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
 }
 
 /* --- the port bus ---------------------------------------------------------------------------- */

@@ -294,6 +294,7 @@ int vm_deliver(struct vm *m, int vector, int has_error, uint32_t error_code, uin
     set_reg32(m, m->reg_eflags, eflags);
     set_reg32(m, m->reg_eip, offset);
     m->deliveries++;
+    m->if_stale = 1;
     return 0;
 }
 

@@ -49,6 +49,7 @@ static void update(struct vm *m)
     int out = get_irq(&m->pic.chip[0]) >= 0;
     m->pic.output = out;
     m->irq_check = out;
+    m->if_stale |= out;
 }
 
 static void chip_set_irq(struct vm_pic_chip *s, int irq, int level)

@@ -24,6 +24,9 @@
 #define VM_NS_PER_TICK 8            /* 125 million instructions per virtual second */
 #define VM_NEVER 0xFFFFFFFFFFFFFFFF /* a deadline that never comes */
 #define VM_TB_SLOTS 65536           /* the block size cache (a power of two) */
+#define VM_TB_ICOUNT 0x3FFF         /* a block's instruction count (at most 512) */
+#define VM_TB_KEEPS_IF 0x4000       /* the block cannot set EFLAGS.IF (no STI, POPF, IRET at its end) */
+#define VM_TB_IF_CHECKED 0x8000     /* whether it can is known */
 #define VM_PORTS 65536
 #define VM_SERIAL_BUF 4096
 #define VM_SERIAL_RX 256
@@ -165,7 +168,7 @@ struct vm_misc {
 
 struct vm_tb_entry {                /* one cache line holds eight: one load per block */
     uint32_t pc;
-    uint16_t size, icount;
+    uint16_t size, icount;          /* icount: the count, plus the VM_TB_IF_* bits */
 };
 
 struct vm_cpuid_leaf {
@@ -184,17 +187,25 @@ struct vm {
     uint64_t deadline;              /* the block hook looks at devices from this tick on */
     uint64_t block_start;           /* ticks when the last counted block started */
     uint32_t block_pc, block_size, block_icount;
+    uint32_t block_keeps_if;        /* its VM_TB_KEEPS_IF bit */
     int32_t stop_reason;            /* VM_STOP_*: what made the last stop (block hook, device) */
     int32_t irq_check;              /* the PIC output is high: test EFLAGS.IF at each block */
     int32_t irq_delivery;           /* 0: never stop for interrupts (single steps) */
     int32_t irq_holdoff;            /* the next block is an interrupt shadow: no delivery there */
+    int32_t if_stale;               /* EFLAGS.IF may have been set since the hook last read it */
     int32_t reg_eax, reg_ebx, reg_ecx, reg_edx, reg_eflags, reg_cr2;  /* Unicorn's ids */
     int32_t reg_eip, reg_esp, reg_cs, reg_ss, reg_cr0, reg_cr3, reg_cr4, reg_idtr, reg_gdtr;
-    int32_t reg_tr, reg_msr;
+    int32_t reg_tr, reg_msr, reg_ldtr;
     uint32_t requests;              /* VM_REQ_* bits for Python */
     uint64_t alarm;                 /* a tick at which Python wants the run stopped (VM_NEVER) */
     int32_t exit_code;
     uint64_t tb_misses;             /* block size cache misses (a cost counter for the bench) */
+    /* Address translation (mmu.c). */
+    uint8_t *code_pages;            /* a bit per physical page that code was fetched from */
+    uint64_t code_pages_count;      /* pages the bitmap covers (beyond: treated as code) */
+    uint64_t tlb_fills, code_page_flushes;
+    int32_t pf_pending;             /* the last fill faulted (vm_retry_fault raises the #PF) */
+    int32_t tlb_restore;            /* block starts until the page walk is ours again */
     uint64_t port_accesses;
     uint64_t irqs_raised;
     /* The block size cache: instruction counts of translation blocks by (pc, size). */
@@ -249,6 +260,11 @@ void vm_init(struct vm *m, void *uc, void *emu_stop, void *ctl, void *reg_read, 
              void *vmem_read);
 void vm_reset_devices(struct vm *m);
 void vm_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data);
+void vm_null_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data);
+struct uc_tlb_entry;
+int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, void *user_data);
+void vm_retry_fault(struct vm *m);
+void vm_tlb_restore_step(struct vm *m);
 uint32_t vm_port_in(void *uc, uint32_t port, int size, void *user_data);
 void vm_port_out(void *uc, uint32_t port, int size, uint32_t value, void *user_data);
 uint32_t vm_device_in(struct vm *m, uint32_t owner, uint32_t port, int size);
