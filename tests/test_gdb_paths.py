@@ -44,6 +44,7 @@ def _trace_from_entry(built: Built, kind: str, mode: str, tmp: Path) -> tuple[
         s = gdb_session(built, t.port, [
             ("pc", "info registers eip"),
             ("start", f"vmi trace start {mode}".strip()),
+            ("inserted", "show breakpoint always-inserted"),
             # A breakpoint hit a few times a run: continue from one hit to the next until the
             # trace holds N_CALLS calls (a call's return comes right after it, so it is in too).
             ("brk", "break pv_flush_tlb"),
@@ -51,6 +52,8 @@ def _trace_from_entry(built: Built, kind: str, mode: str, tmp: Path) -> tuple[
             ("until", f"source {UNTIL}"),
             ("status", "vmi trace status"),
             ("save", f"vmi trace save {saved}"),
+            ("stop", "vmi trace stop"),
+            ("after", "show breakpoint always-inserted"),
         ])
     finally:
         t.stop()
@@ -83,6 +86,10 @@ def test_first_500_rom_calls_agree_on_both_paths_and_machines(built: Built,
             assert "armed at the guest's entry point" in s["start"], s["start"]
         else:  # the stub maps the ROM from the first instruction
             assert "watching vmi.base: a ROM the guest copies is hooked when set" in s["start"]
+        # The portable path keeps gdb's breakpoints inserted while it traces (a hit then
+        # costs no removal and re-insertion of every hook), and gives the setting back.
+        assert "mode is on" in s["inserted"] and "mode is off" in s["after"], (s["inserted"],
+                                                                              s["after"])
         assert re.search(r"source\s+portable", s["status"]) and \
             re.search(r"errors\s+0\b", s["status"]), s["status"]
     # QEMU starts at the reset vector (the firmware has not run), the stub at the kernel entry:
