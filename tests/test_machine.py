@@ -22,7 +22,7 @@ from vmigdb.stub.machine import Machine, MemoryFault, StopReason
 ASM = Path(__file__).parent / "asm"
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = ("basic", "spin", "halt", "triple", "romwrite", "faults", "nomultiboot", "sysenter",
-            "cpuid", "smc")
+            "cpuid", "smc", "pae")
 
 
 def _run(*cmd: object) -> None:
@@ -226,6 +226,16 @@ def test_code_rewritten_through_another_address_runs_new(progs):
     assert m.vm.code_page_flushes > 0 and m.vm.tlb_fills > 0  # the machine's walk did it
     code, _serial = run_qemu(progs["smc"], None)
     assert code == 57
+
+
+def test_pae_paging_as_qemu(progs):
+    """The machine's own page walk under PAE: 2 MiB and 4 KiB pages, not-present and
+    reserved-bit faults with QEMU's error codes and CR2, accessed and dirty bits
+    (tests/asm/pae.S checks itself; 63 = every check held)."""
+    m = boot(progs, "pae")
+    assert m.run().exit_code == 63
+    code, _serial = run_qemu(progs["pae"], None)
+    assert code == 63
 
 
 def test_cpuid_answers_as_qemus_qemu32_without_apic(progs):

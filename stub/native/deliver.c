@@ -50,18 +50,6 @@
 #define SEG_DS 3
 #define SEG_SIZE 24
 
-struct mmr {                        /* libunicorn's uc_x86_mmr */
-    uint16_t selector;
-    uint64_t base;
-    uint32_t limit;
-    uint32_t flags;
-};
-
-struct msr {                        /* libunicorn's uc_x86_msr */
-    uint32_t rid;
-    uint64_t value;
-};
-
 static uint32_t reg32(struct vm *m, int id)
 {
     uint64_t v = 0;

@@ -18,11 +18,13 @@
  * The walk is QEMU's (target/i386/excp_helper.c, handle_mmu_fault): 32-bit and PAE paging,
  * 4 MiB (PSE) and 2 MiB pages, CR0.WP, user/supervisor, NX under EFER.NXE, accessed and dirty
  * bits (a read of a clean page maps it read-only so that the first write walks again and sets
- * D). Reserved-bit checks are not made. A fault is the CPU's own business: the hook returns
+ * D), reserved bits (qemu32: 36 physical address bits, no NX). A fault is the CPU's own business: the hook returns
  * false, Unicorn stops at the faulting instruction (UC_ERR_EXCEPTION, but the hook only sees
  * the page, not the address, so it cannot set CR2), and the instruction runs again under
  * Unicorn's own page walk (vm_retry_fault), which raises the #PF with QEMU's CR2 and error
- * code; the block after it switches back to this walk.
+ * code; the block after it switches back to this walk. So a fault this walk sees where
+ * Unicorn's sees none costs time only; the reverse would lose a fault, so where in doubt (a
+ * reserved bit, SMEP or SMAP on) this walk reports one.
  *
  * The hook is not told the access's MMU index, only the CPL (CS.RPL). At CPL 3 the CPU still
  * makes supervisor accesses of its own (descriptor tables, the TSS); an access at CPL 3 to a
@@ -41,6 +43,8 @@
 #define CR0_PG 0x80000000u
 #define CR4_PSE 0x10u
 #define CR4_PAE 0x20u
+#define CR4_SMEP 0x100000u
+#define CR4_SMAP 0x200000u
 #define EFER_NXE 0x800u
 #define PG_P 1u
 #define PG_RW 2u
@@ -50,6 +54,9 @@
 #define PG_PS 0x80u
 #define PG_NX (1ull << 63)
 #define PG_ADDRESS 0x000FFFFFFFFFF000ull
+#define PG_RSVD_PHYS 0x000FFFF000000000ull  /* address bits above qemu32's 36 */
+#define PG_HI_USER 0x7FF0000000000000ull    /* reserved in legacy PAE entries */
+#define PG_PSE_PAT 0x1000ull
 #define UC_CTL_TLB_TYPE_W (12u | (1u << 26) | (1u << 30))  /* UC_CTL_WRITE(UC_CTL_TLB_TYPE, 1) */
 #define UC_TLB_CPU 0
 #define UC_TLB_VIRTUAL 1
@@ -57,18 +64,6 @@
 struct uc_tlb_entry {               /* libunicorn's uc_tlb_entry */
     uint64_t paddr;
     uint32_t perms;
-};
-
-struct mmr {                        /* libunicorn's uc_x86_mmr */
-    uint16_t selector;
-    uint64_t base;
-    uint32_t limit;
-    uint32_t flags;
-};
-
-struct msr {                        /* libunicorn's uc_x86_msr */
-    uint32_t rid;
-    uint64_t value;
 };
 
 static uint64_t reg(struct vm *m, void *uc, int id)
@@ -156,15 +151,18 @@ int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, vo
             struct msr efer = {0xC0000080u, 0};
             m->uc_reg_read(uc, m->reg_msr, &efer);
             nxe = (efer.value & EFER_NXE) != 0;
+            uint64_t rsvd = PG_RSVD_PHYS | PG_HI_USER | (nxe ? 0 : PG_NX);
             uint64_t pdpe = load(m, uc, (cr3 & ~0x1Fu) + ((va >> 27) & 0x18), 1);
-            if (!(pdpe & PG_P))
+            if (!(pdpe & PG_P) || (pdpe & (rsvd | PG_NX)))
                 return fault(m);
             uint64_t pde_addr = (pdpe & PG_ADDRESS) + (((va >> 21) & 0x1FF) << 3);
             uint64_t pde = load(m, uc, pde_addr, 1);
-            if (!(pde & PG_P))
+            if (!(pde & PG_P) || (pde & rsvd))
                 return fault(m);
             ptep = (PG_NX | PG_US | PG_RW) & (pde ^ PG_NX);
             if (pde & PG_PS) {
+                if (pde & (0x1FF000ull & ~PG_PSE_PAT))
+                    return fault(m);
                 page_size = 0x200000;
                 pte_addr = pde_addr;
                 pte = pde;
@@ -173,7 +171,7 @@ int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, vo
                     store(m, uc, pde_addr, pde | PG_A, 1);
                 pte_addr = (pde & PG_ADDRESS) + (((va >> 12) & 0x1FF) << 3);
                 pte = load(m, uc, pte_addr, 1);
-                if (!(pte & PG_P))
+                if (!(pte & PG_P) || (pte & rsvd))
                     return fault(m);
                 ptep &= pte ^ PG_NX;
                 page_size = 0x1000;
@@ -187,6 +185,8 @@ int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, vo
             if (!(pde & PG_P))
                 return fault(m);
             if ((pde & PG_PS) && (cr4 & CR4_PSE)) {
+                if (pde & 0x3E0000u)  /* bit 21, and PSE-36 bits beyond 36 address bits */
+                    return fault(m);
                 page_size = 0x400000;
                 pte_addr = pde_addr;
                 pte = pde | ((pde & 0x1FE000ull) << (32 - 13));  /* PSE-36 */
@@ -202,6 +202,8 @@ int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, vo
                 page_size = 0x1000;
             }
         }
+        if ((cr4 & (CR4_SMEP | CR4_SMAP)) && !is_user && (ptep & PG_US))
+            return fault(m);  /* not modelled here: Unicorn's walk decides */
         if (is_user && !(ptep & PG_US) && !system_table(m, uc, va))
             return fault(m);
         if (is_user && !(ptep & PG_US))

@@ -166,6 +166,18 @@ struct vm_misc {
     uint8_t dma_flipflop;
 };
 
+struct mmr {                        /* libunicorn's uc_x86_mmr */
+    uint16_t selector;
+    uint64_t base;
+    uint32_t limit;
+    uint32_t flags;
+};
+
+struct msr {                        /* libunicorn's uc_x86_msr */
+    uint32_t rid;
+    uint64_t value;
+};
+
 struct vm_tb_entry {                /* one cache line holds eight: one load per block */
     uint32_t pc;
     uint16_t size, icount;          /* icount: the count, plus the VM_TB_IF_* bits */

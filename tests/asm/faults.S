@@ -9,16 +9,6 @@
         .set PT768, 0x202000
         .set HOLE, 0x280000
         .set LOG, 0x300000
-        .set KCODE, 0x08
-
-        .macro GATE vec, handler
-        movl $\handler, %eax
-        movw %ax, idt + 8 * \vec
-        movw $KCODE, idt + 8 * \vec + 2
-        movw $0x8e00, idt + 8 * \vec + 4
-        shrl $16, %eax
-        movw %ax, idt + 8 * \vec + 6
-        .endm
 
         .macro FAULT_HANDLER vec, has_error
 h_\vec:
@@ -33,24 +23,13 @@ h_\vec:
 _start:
         movl $stack_top, %esp
         /* identity page table for 0-4 MiB, with a hole */
-        xorl %ecx, %ecx
-1:      movl %ecx, %eax
-        shll $12, %eax
-        orl $3, %eax
-        movl %eax, PT0(, %ecx, 4)
-        incl %ecx
-        cmpl $1024, %ecx
-        jne 1b
+        IDENTITY_PT32 PT0
         movl $0, PT0 + (HOLE >> 12) * 4
         movl $(0x210000 | 3), PT768
         movl $(0x220000 | 3), PT768 + 4
         movl $(PT0 | 3), PD
         movl $(PT768 | 3), PD + 768 * 4
-        movl $PD, %eax
-        movl %eax, %cr3
-        movl %cr0, %eax
-        orl $0x80000000, %eax
-        movl %eax, %cr0
+        PAGING_ON PD
         jmp paging_on
         .globl paging_on
 paging_on:
@@ -113,18 +92,11 @@ common: pushl %eax
         addl $8, %esp
         iret
 
+        IDT_DATA
         .section .data
-        .p2align 3
-idt_desc:
-        .word 256 * 8 - 1
-        .long idt
-        .p2align 2
-resume: .long 0
         .globl log_count
 log_count: .long 0
         .section .bss
-        .p2align 3
-idt:    .skip 256 * 8
         .p2align 4
         .skip 4096
 stack_top:

@@ -17,22 +17,11 @@
         .globl _start
 _start:
         movl $stack_top, %esp
-        xorl %ecx, %ecx
-1:      movl %ecx, %eax
-        shll $12, %eax
-        orl $3, %eax
-        movl %eax, PT0(, %ecx, 4)
-        incl %ecx
-        cmpl $1024, %ecx
-        jne 1b
+        IDENTITY_PT32 PT0
         movl $(CODE_PA | 3), PT768
         movl $(PT0 | 3), PD
         movl $(PT768 | 3), PD + 768 * 4
-        movl $PD, %eax
-        movl %eax, %cr3
-        movl %cr0, %eax
-        orl $0x80000000, %eax
-        movl %eax, %cr0
+        PAGING_ON PD
         jmp paging_on
 paging_on:
         /* 1. the first version, written as data */
