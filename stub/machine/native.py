@@ -49,8 +49,17 @@ QEMU72_LEAVES = {(2, 0): (0x00000001, 0x00000000, 0x0000004D, 0x002C307D),
 
 
 def c_function(name: str) -> int:
-    """The address of one of our C functions, for Unicorn to call."""
-    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    """The address of one of our C functions, for Unicorn to call: the exported symbol itself.
+    (cffi's ``ffi.addressof(lib, name)`` is a wrapper that jumps on through the PLT: two more
+    jumps for each block the CPU runs.)"""
+    return ctypes.cast(getattr(_native_library(), name), ctypes.c_void_p).value or 0
+
+
+@cache
+def _native_library() -> ctypes.CDLL:
+    from vmigdb.stub import _native
+
+    return ctypes.CDLL(_native.__file__)  # the loaded extension again: the same handle
 
 
 def uc_function(name: str) -> int:

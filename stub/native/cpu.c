@@ -225,7 +225,7 @@ void vm_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
     struct vm *m = user_data;
     m->now = m->ticks;
     /* A pending interrupt needs a look only when IF may have changed (last_block_may_set_if) */
-    int irq = m->irq_check & (m->if_stale | (m->block_keeps_if == 0));
+    int irq = m->irq_check && (m->if_stale | (m->block_keeps_if == 0));
     if (__builtin_expect((m->ticks >= m->deadline) | m->rc.stop | irq, 0))
         block_hook_slow(m, uc, (uint32_t)address, size);
     else

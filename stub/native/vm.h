@@ -199,12 +199,15 @@ struct vm {
     uint64_t deadline;              /* the block hook looks at devices from this tick on */
     uint64_t block_start;           /* ticks when the last counted block started */
     uint32_t block_pc, block_size, block_icount;
-    uint32_t block_keeps_if;        /* its VM_TB_KEEPS_IF bit */
     int32_t stop_reason;            /* VM_STOP_*: what made the last stop (block hook, device) */
     int32_t irq_check;              /* the PIC output is high: test EFLAGS.IF at each block */
     int32_t irq_delivery;           /* 0: never stop for interrupts (single steps) */
     int32_t irq_holdoff;            /* the next block is an interrupt shadow: no delivery there */
     int32_t if_stale;               /* EFLAGS.IF may have been set since the hook last read it */
+    /* The last counted block's VM_TB_KEEPS_IF bit. Not beside block_pc: the compiler merges
+     * stores to neighbours into one 16-byte store, and the next block's 4-byte load of this
+     * field from inside it could not be forwarded (a stall each block). */
+    uint32_t block_keeps_if;
     int32_t reg_eax, reg_ebx, reg_ecx, reg_edx, reg_eflags, reg_cr2;  /* Unicorn's ids */
     int32_t reg_eip, reg_esp, reg_cs, reg_ss, reg_cr0, reg_cr3, reg_cr4, reg_idtr, reg_gdtr;
     int32_t reg_tr, reg_msr, reg_ldtr;
