@@ -11,8 +11,10 @@ Rows:
 - per-event costs measured with bench/asm/events.S: a loop with the event against the same
   loop without it, over N events; with the Linux boot's own event counts, what each kind costs
   the boot;
-- ``continue`` over a 2-instruction loop against bare Unicorn (no hooks) and against
-  Unicorn's own instruction count (the other way to run a clock).
+- ``continue`` over a 2-instruction loop against bare Unicorn (no hooks), against bare Unicorn
+  with a C block hook that does nothing (the floor of any clock kept per block: Unicorn 2.1.4
+  has no way to count instructions without a callback) and against Unicorn's own instruction
+  count (the other way to run a clock: a callback per instruction).
 """
 
 from __future__ import annotations
