@@ -130,6 +130,7 @@ class VmiTracer:
         the hooks then ask for a drain at each change of task, so that each task is named
         while it runs, before the kernel can give its struct to a later task)."""
         self._trace.task_var, self._trace.task_offset = var & 0xFFFFFFFF, offset & 0xFFFFFFFF
+        self._trace.cpu_offset = 0
         self._task_layout = (pid_at, comm_at) if pid_at is not None and comm_at is not None \
             else None
         self._trace.drain_on_switch = int(self._task_layout is not None)
@@ -298,6 +299,7 @@ class VmiTracer:
         t.count = t.lost = 0
         t.calls = 0
         t.last_task = 0
+        t.cpu_offset = 0  # the per-cpu offset is set again by the new boot
         t.limit_hit = 0
         self._limit_stopped = False
         self._lost = 0

@@ -47,8 +47,13 @@ static uint32_t current_task(struct vmigdb_trace *t)
     uint32_t offset = 0, task = 0;
     if (t->task_var == 0)
         return 0;
-    if (t->task_offset != 0 && vm_read_cpu(t->vm, t->task_offset, &offset, 4) != 0)
-        return 0;
+    if (t->cpu_offset != 0) {
+        offset = t->cpu_offset;
+    } else if (t->task_offset != 0) {
+        if (vm_read_cpu(t->vm, t->task_offset, &offset, 4) != 0)
+            return 0;
+        t->cpu_offset = offset;  /* kept once set: setup_per_cpu_areas sets it for good */
+    }
     if (vm_read_cpu(t->vm, (uint32_t)(t->task_var + offset), &task, 4) != 0)
         return 0;
     return task;

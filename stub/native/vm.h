@@ -379,6 +379,7 @@ struct vmigdb_trace {
     uint32_t task_var;              /* VA of the current task pointer, 0: none (Linux: current_task) */
     uint32_t task_offset;           /* VA of a u32 added to task_var first, 0: none (Linux's
                                      * __per_cpu_offset[0]: per-cpu data moves during boot) */
+    uint32_t cpu_offset;            /* that u32 once it is not 0 (Linux sets it once), 0: unread */
     int32_t drain_on_switch;        /* ask for a drain when the task changes: Python names the
                                      * tasks of each drain while they still are those tasks */
     uint32_t last_task;             /* the task of the last record */
