@@ -194,16 +194,21 @@ def _linux_window(linux: Path, traced: bool) -> dict[str, Any]:
             g.ok("-break-delete")
             out: dict[str, Any] = {"seconds": seconds}
             if traced:
-                text = g.console("python from vmigdb.commands import tracesource; "
-                                 "s = tracesource.current(create=False); "
-                                 "print('@@%d %d' % (len(s.events()), s.status()['hits']))").text
-                events, hits = text.split("@@", 1)[1].split()[:2]
-                out["events"], out["hits"] = int(events), int(hits)
+                out.update(_events_and_hits(g))
                 out["ctrl_c"] = _ctrl_c_latencies(g)
             return out
         finally:
             g.close()
             t.stop()
+
+
+def _events_and_hits(g: Gdb) -> dict[str, int]:
+    """The trace's events and the portable tracer's breakpoint hits, from gdb's Python."""
+    text = g.console("python from vmigdb.commands import tracesource; "
+                     "s = tracesource.current(create=False); "
+                     "print('@@%d %d' % (len(s.events()), s.status()['hits']))").text
+    events, hits = text.split("@@", 1)[1].split()[:2]
+    return {"events": int(events), "hits": int(hits)}
 
 
 def _linux_fork(linux: Path, traced: bool) -> dict[str, Any]:
@@ -230,11 +235,7 @@ def _linux_fork(linux: Path, traced: bool) -> dict[str, Any]:
                 raise RuntimeError(f"QEMU did not return to sys_fork: {stopped}")
             out: dict[str, Any] = {"seconds": seconds}
             if traced:
-                text = g.console("python from vmigdb.commands import tracesource; "
-                                 "s = tracesource.current(create=False); "
-                                 "print('@@%d %d' % (len(s.events()), s.status()['hits']))").text
-                events, hits = text.split("@@", 1)[1].split()[:2]
-                out["events"], out["hits"] = int(events), int(hits)
+                out.update(_events_and_hits(g))
             return out
         finally:
             g.close()
