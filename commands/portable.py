@@ -191,7 +191,7 @@ class PortableTracer:
         self._watch: _RomWatch | None = None
         self._arm: _Arm | None = None
         self._inferior: gdb.Inferior | None = None
-        self._saved_always_inserted: str | None = None  # the user's setting, while tracing
+        self._saved_always_inserted: bool | None = None  # the user's setting, while tracing
         #: The Linux context of each call (vmigdb.context), and the tasks' names.
         self.context = context.CallContext()
         self.tasks = context.TaskNames()
@@ -246,12 +246,12 @@ class PortableTracer:
         resume: with a hook on each of the ROM's ~50 entries that is ~100 packets per hook
         hit, most of a hit's cost. Inserted, only the one at the pc is stepped over."""
         if self._saved_always_inserted is None:
-            self._saved_always_inserted = str(gdb.parameter("breakpoint always-inserted"))
+            self._saved_always_inserted = bool(gdb.parameter("breakpoint always-inserted"))
         gdb.execute("set breakpoint always-inserted on", to_string=True)
 
     def _restore_inserted(self) -> None:
         saved, self._saved_always_inserted = self._saved_always_inserted, None
-        if saved is not None and saved != "True":
+        if saved is False:
             try:
                 gdb.execute("set breakpoint always-inserted off", to_string=True)
             except gdb.error:

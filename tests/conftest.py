@@ -21,8 +21,9 @@ from vmigdb.debugexit import guest_code
 from vmigdb.targets import linux_dir, qemu_argv, unpacked_vmlinux
 
 REPO = Path(__file__).resolve().parent.parent
-#: CI (.ci/run) has every tool and the Linux guest: there a missing one fails its tests.
-NO_SKIP = os.environ.get("VMIGDB_NO_SKIP") == "1"
+#: CI (.ci/run, which sets VMIGDB_NO_SKIP=1; or any CI that sets CI) has every tool and the
+#: Linux guest: there a missing one fails its tests instead of skipping them.
+NO_SKIP = os.environ.get("VMIGDB_NO_SKIP", "1" if os.environ.get("CI") else "0") == "1"
 
 
 def require(present: object, what: str) -> None:
@@ -34,14 +35,25 @@ def require(present: object, what: str) -> None:
     pytest.skip(what)
 
 
+def _no_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if NO_SKIP and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped where nothing may skip (VMIGDB_NO_SKIP=1): {report.longrepr}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """With VMIGDB_NO_SKIP=1 a skip from anywhere (a library, a marker) counts as a failure."""
     outcome = yield
-    report = outcome.get_result()
-    if NO_SKIP and report.skipped and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
-        report.longrepr = f"skipped where nothing may skip (VMIGDB_NO_SKIP=1): {report.longrepr}"
+    _no_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped as it is collected (``importorskip``, a
+    module-level ``pytest.skip``)."""
+    outcome = yield
+    _no_skip(outcome.get_result())
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@
 #include "vm.h"
 
 #define UC_CTL_TB_REQUEST_CACHE_RW (8 | (2u << 26) | (3u << 30)) /* UC_CTL_READ_WRITE(.., 2) */
-#define EFLAGS_IF 0x200
 
 struct uc_tb {                      /* libunicorn's uc_tb */
     uint64_t pc;

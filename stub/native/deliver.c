@@ -13,7 +13,8 @@
  * triple fault). A Python version of this cost ~240 us per event, a third of a Linux boot.
  *
  * The tables live in kernel memory, which the CPU's current-privilege view refuses while ring
- * 3 runs, so they are read through a page walk of our own (2-level with PSE, and PAE).
+ * 3 runs, so they are read through the machine's own page walk with supervisor rights
+ * (mmu.c: vm_walk_super).
  *
  * Clock: an exception leaves its block early; vm_settle counts, with capstone, the
  * instructions of the block that really ran, so the clock stays exact.
@@ -23,16 +24,6 @@
 
 #include "vm.h"
 
-#define CR0_PG 0x80000000u
-#define CR4_PSE 0x10u
-#define CR4_PAE 0x20u
-#define PTE_P 1u
-#define PTE_PS 0x80u
-#define EFLAGS_TF 0x100u
-#define EFLAGS_IF 0x200u
-#define EFLAGS_NT 0x4000u
-#define EFLAGS_RF 0x10000u
-#define EFLAGS_VM 0x20000u
 #define DESC_P (1u << 15)
 #define DESC_S (1u << 12)
 #define DESC_CS (1u << 11)
@@ -62,44 +53,6 @@ static void set_reg32(struct vm *m, int id, uint32_t value)
     m->uc_reg_write(m->uc, id, &value);
 }
 
-static int phys_read(struct vm *m, uint64_t pa, void *buf, size_t n)
-{
-    if (pa + n > m->ram_size)
-        return -1;
-    return m->uc_mem_read(m->uc, pa, buf, n) == 0 ? 0 : -1;
-}
-
-/* Guest-virtual to physical with supervisor rights; -1 if not mapped. */
-static int64_t walk(struct vm *m, uint32_t va)
-{
-    uint32_t cr0 = reg32(m, m->reg_cr0);
-    if (!(cr0 & CR0_PG))
-        return va;
-    uint32_t cr3 = reg32(m, m->reg_cr3), cr4 = reg32(m, m->reg_cr4);
-    if (cr4 & CR4_PAE) {
-        uint64_t e;
-        if (phys_read(m, (cr3 & ~0x1Fu) + ((va >> 30) & 3) * 8, &e, 8) || !(e & PTE_P))
-            return -1;
-        if (phys_read(m, (e & 0xFFFFFFFFF000ull) + ((va >> 21) & 0x1FF) * 8, &e, 8)
-            || !(e & PTE_P))
-            return -1;
-        if (e & PTE_PS)
-            return (int64_t)((e & 0xFFFFFFE00000ull) | (va & 0x1FFFFF));
-        if (phys_read(m, (e & 0xFFFFFFFFF000ull) + ((va >> 12) & 0x1FF) * 8, &e, 8)
-            || !(e & PTE_P))
-            return -1;
-        return (int64_t)((e & 0xFFFFFFFFF000ull) | (va & 0xFFF));
-    }
-    uint32_t e;
-    if (phys_read(m, (cr3 & ~0xFFFu) + (va >> 22) * 4, &e, 4) || !(e & PTE_P))
-        return -1;
-    if ((e & PTE_PS) && (cr4 & CR4_PSE))
-        return (int64_t)((e & 0xFFC00000u) | (va & 0x3FFFFF));
-    if (phys_read(m, (e & ~0xFFFu) + ((va >> 12) & 0x3FF) * 4, &e, 4) || !(e & PTE_P))
-        return -1;
-    return (int64_t)((e & ~0xFFFu) | (va & 0xFFF));
-}
-
 /* Supervisor-view access to guest-virtual memory, page by page; -1 if any page is missing. */
 static int access_super(struct vm *m, uint32_t va, void *buf, size_t n, int write)
 {
@@ -108,7 +61,7 @@ static int access_super(struct vm *m, uint32_t va, void *buf, size_t n, int writ
         size_t chunk = 0x1000 - (va & 0xFFF);
         if (chunk > n)
             chunk = n;
-        int64_t pa = walk(m, va);
+        int64_t pa = vm_walk_super(m, va);
         if (pa < 0 || (uint64_t)pa + chunk > m->ram_size)
             return -1;
         if (write) {

@@ -28,10 +28,12 @@
  *
  * The hook is not told the access's MMU index, only the CPL (CS.RPL). At CPL 3 the CPU still
  * makes supervisor accesses of its own (descriptor tables, the TSS); an access at CPL 3 to a
- * supervisor page inside the GDT, LDT, IDT or TSS is taken to be one of those.
+ * supervisor page inside the GDT, LDT, IDT or TSS is taken to be one of those. In
+ * virtual-8086 mode (EFLAGS.VM) the CPL is 3 whatever CS holds.
  */
 #include "vm.h"
 
+#define UC_MEM_READ 16
 #define UC_MEM_WRITE 17
 #define UC_MEM_FETCH 18
 #define UC_PROT_READ 1
@@ -83,6 +85,8 @@ static uint64_t load(struct vm *m, void *uc, uint64_t pa, int wide)
 
 static void store(struct vm *m, void *uc, uint64_t pa, uint64_t v, int wide)
 {
+    if (pa >= m->rom_base && pa < m->rom_end)
+        return;  /* a page table in the ROM: its A/D bits are dropped, as QEMU drops them */
     if (pa + (wide ? 8 : 4) <= m->ram_size)
         m->uc_mem_write(uc, pa, &v, wide ? 8 : 4);
 }
@@ -115,12 +119,6 @@ static void mark_code_page(struct vm *m, void *uc, uint64_t pa)
     m->uc_ctl(uc, UC_CTL_TLB_FLUSH_W);  /* no fast data entry for this page may survive */
 }
 
-static int fault(struct vm *m)
-{
-    m->pf_pending = 1;
-    return 0;
-}
-
 /* Where a ROM or code page is: its stores keep the slow path (ROM writes are dropped there). */
 static int is_code_page(struct vm *m, uint64_t pa)
 {
@@ -130,91 +128,95 @@ static int is_code_page(struct vm *m, uint64_t pa)
     return page >= m->code_pages_count || (m->code_pages[page >> 3] >> (page & 7)) & 1;
 }
 
-int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, void *user_data)
+/*
+ * The guest's page walk for an access of ``type`` (UC_MEM_*) from user or supervisor rights:
+ * 1 with the page's physical address, its rights (before any execute right) and whether it
+ * is a user page; 0 for a fault.
+ * ``update`` sets the accessed and dirty bits, as the CPU does.
+ */
+static int walk(struct vm *m, void *uc, uint64_t va, int type, int is_user, int update,
+                uint64_t *pa_out, uint32_t *prot_out, int *user_page)
 {
-    struct vm *m = user_data;
     int is_write = type == UC_MEM_WRITE, is_fetch = type == UC_MEM_FETCH;
     uint32_t cr0 = (uint32_t)reg(m, uc, m->reg_cr0);
-    uint64_t pa;
-    uint32_t prot;
-    m->tlb_fills++;
     va &= 0xFFFFFFFFull;
     if (!(cr0 & CR0_PG)) {
-        pa = va;
-        prot = UC_PROT_READ | UC_PROT_WRITE;
-    } else {
-        uint32_t cr3 = (uint32_t)reg(m, uc, m->reg_cr3), cr4 = (uint32_t)reg(m, uc, m->reg_cr4);
-        int is_user = (reg(m, uc, m->reg_cs) & 3) == 3;
-        int pae = (cr4 & CR4_PAE) != 0, nxe = 0;
-        uint64_t ptep, pte, pte_addr, page_size;
-        if (pae) {
-            struct msr efer = {0xC0000080u, 0};
-            m->uc_reg_read(uc, m->reg_msr, &efer);
-            nxe = (efer.value & EFER_NXE) != 0;
-            uint64_t rsvd = PG_RSVD_PHYS | PG_HI_USER | (nxe ? 0 : PG_NX);
-            uint64_t pdpe = load(m, uc, (cr3 & ~0x1Fu) + ((va >> 27) & 0x18), 1);
-            if (!(pdpe & PG_P) || (pdpe & (rsvd | PG_NX)))
-                return fault(m);
-            uint64_t pde_addr = (pdpe & PG_ADDRESS) + (((va >> 21) & 0x1FF) << 3);
-            uint64_t pde = load(m, uc, pde_addr, 1);
-            if (!(pde & PG_P) || (pde & rsvd))
-                return fault(m);
-            ptep = (PG_NX | PG_US | PG_RW) & (pde ^ PG_NX);
-            if (pde & PG_PS) {
-                if (pde & (0x1FF000ull & ~PG_PSE_PAT))
-                    return fault(m);
-                page_size = 0x200000;
-                pte_addr = pde_addr;
-                pte = pde;
-            } else {
-                if (!(pde & PG_A))
-                    store(m, uc, pde_addr, pde | PG_A, 1);
-                pte_addr = (pde & PG_ADDRESS) + (((va >> 12) & 0x1FF) << 3);
-                pte = load(m, uc, pte_addr, 1);
-                if (!(pte & PG_P) || (pte & rsvd))
-                    return fault(m);
-                ptep &= pte ^ PG_NX;
-                page_size = 0x1000;
-            }
-            ptep ^= PG_NX;
-            if (!nxe)
-                ptep &= ~PG_NX;
+        *pa_out = va & ~0xFFFull;
+        *prot_out = UC_PROT_READ | UC_PROT_WRITE;
+        *user_page = 1;
+        return 1;
+    }
+    uint32_t cr3 = (uint32_t)reg(m, uc, m->reg_cr3), cr4 = (uint32_t)reg(m, uc, m->reg_cr4);
+    int pae = (cr4 & CR4_PAE) != 0, nxe = 0;
+    uint64_t ptep, pte, pte_addr, page_size;
+    if (pae) {
+        struct msr efer = {0xC0000080u, 0};
+        m->uc_reg_read(uc, m->reg_msr, &efer);
+        nxe = (efer.value & EFER_NXE) != 0;
+        uint64_t rsvd = PG_RSVD_PHYS | PG_HI_USER | (nxe ? 0 : PG_NX);
+        uint64_t pdpe = load(m, uc, (cr3 & ~0x1Fu) + ((va >> 27) & 0x18), 1);
+        if (!(pdpe & PG_P) || (pdpe & (rsvd | PG_NX)))
+            return 0;
+        uint64_t pde_addr = (pdpe & PG_ADDRESS) + (((va >> 21) & 0x1FF) << 3);
+        uint64_t pde = load(m, uc, pde_addr, 1);
+        if (!(pde & PG_P) || (pde & rsvd))
+            return 0;
+        ptep = (PG_NX | PG_US | PG_RW) & (pde ^ PG_NX);
+        if (pde & PG_PS) {
+            if (pde & (0x1FF000ull & ~PG_PSE_PAT))
+                return 0;
+            page_size = 0x200000;
+            pte_addr = pde_addr;
+            pte = pde;
         } else {
-            uint64_t pde_addr = (cr3 & ~0xFFFu) + ((va >> 20) & 0xFFC);
-            uint64_t pde = load(m, uc, pde_addr, 0);
-            if (!(pde & PG_P))
-                return fault(m);
-            if ((pde & PG_PS) && (cr4 & CR4_PSE)) {
-                if (pde & 0x3E0000u)  /* bit 21, and PSE-36 bits beyond 36 address bits */
-                    return fault(m);
-                page_size = 0x400000;
-                pte_addr = pde_addr;
-                pte = pde | ((pde & 0x1FE000ull) << (32 - 13));  /* PSE-36 */
-                ptep = pde;
-            } else {
-                if (!(pde & PG_A))
-                    store(m, uc, pde_addr, pde | PG_A, 0);
-                pte_addr = (pde & ~0xFFFull) + ((va >> 10) & 0xFFC);
-                pte = load(m, uc, pte_addr, 0);
-                if (!(pte & PG_P))
-                    return fault(m);
-                ptep = pde & pte;
-                page_size = 0x1000;
-            }
+            if (update && !(pde & PG_A))
+                store(m, uc, pde_addr, pde | PG_A, 1);
+            pte_addr = (pde & PG_ADDRESS) + (((va >> 12) & 0x1FF) << 3);
+            pte = load(m, uc, pte_addr, 1);
+            if (!(pte & PG_P) || (pte & rsvd))
+                return 0;
+            ptep &= pte ^ PG_NX;
+            page_size = 0x1000;
         }
-        if ((cr4 & (CR4_SMEP | CR4_SMAP)) && !is_user && (ptep & PG_US))
-            return fault(m);  /* not modelled here: Unicorn's walk decides */
-        if (is_user && !(ptep & PG_US) && !system_table(m, uc, va))
-            return fault(m);
-        if (is_user && !(ptep & PG_US))
-            is_user = 0;  /* the CPU's own access to a descriptor table */
-        prot = UC_PROT_READ;
-        if ((ptep & PG_RW) || (!is_user && !(cr0 & CR0_WP)))
-            prot |= UC_PROT_WRITE;
-        if (is_write && !(prot & UC_PROT_WRITE))
-            return fault(m);
-        if (is_fetch && (ptep & PG_NX))
-            return fault(m);
+        ptep ^= PG_NX;
+        if (!nxe)
+            ptep &= ~PG_NX;
+    } else {
+        uint64_t pde_addr = (cr3 & ~0xFFFu) + ((va >> 20) & 0xFFC);
+        uint64_t pde = load(m, uc, pde_addr, 0);
+        if (!(pde & PG_P))
+            return 0;
+        if ((pde & PG_PS) && (cr4 & CR4_PSE)) {
+            if (pde & 0x3E0000u)  /* bit 21, and PSE-36 bits beyond 36 address bits */
+                return 0;
+            page_size = 0x400000;
+            pte_addr = pde_addr;
+            pte = pde | ((pde & 0x1FE000ull) << (32 - 13));  /* PSE-36 */
+            ptep = pde;
+        } else {
+            if (update && !(pde & PG_A))
+                store(m, uc, pde_addr, pde | PG_A, 0);
+            pte_addr = (pde & ~0xFFFull) + ((va >> 10) & 0xFFC);
+            pte = load(m, uc, pte_addr, 0);
+            if (!(pte & PG_P))
+                return 0;
+            ptep = pde & pte;
+            page_size = 0x1000;
+        }
+    }
+    if (is_user && !(ptep & PG_US)) {
+        if (!system_table(m, uc, va))
+            return 0;
+        is_user = 0;  /* the CPU's own access to a descriptor table */
+    }
+    uint32_t prot = UC_PROT_READ;
+    if ((ptep & PG_RW) || (!is_user && !(cr0 & CR0_WP)))
+        prot |= UC_PROT_WRITE;
+    if (is_write && !(prot & UC_PROT_WRITE))
+        return 0;
+    if (is_fetch && (ptep & PG_NX))
+        return 0;
+    if (update) {
         int dirty = is_write && !(pte & PG_D);
         if (!(pte & PG_A) || dirty) {
             pte |= PG_A | (dirty ? PG_D : 0);
@@ -222,15 +224,47 @@ int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, vo
         }
         if (!(pte & PG_D))
             prot &= ~UC_PROT_WRITE;  /* the first write walks again and sets D */
-        pa = (pte & PG_ADDRESS & ~(page_size - 1)) | (va & (page_size - 1) & ~0xFFFull);
     }
-    if (is_fetch)
+    *pa_out = (pte & PG_ADDRESS & ~(page_size - 1)) | (va & (page_size - 1) & ~0xFFFull);
+    *prot_out = prot;
+    *user_page = (ptep & PG_US) != 0;
+    return 1;
+}
+
+int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, void *user_data)
+{
+    struct vm *m = user_data;
+    uint64_t pa;
+    uint32_t prot;
+    int user_page;
+    m->tlb_fills++;
+    int is_user = (reg(m, uc, m->reg_cs) & 3) == 3
+        || (reg(m, uc, m->reg_eflags) & EFLAGS_VM) != 0;  /* virtual-8086 runs at CPL 3 */
+    uint32_t cr4 = (uint32_t)reg(m, uc, m->reg_cr4);
+    if (!walk(m, uc, va, type, is_user, 1, &pa, &prot, &user_page)
+        || ((cr4 & (CR4_SMEP | CR4_SMAP)) && !is_user && user_page)) {  /* Unicorn decides */
+        m->pf_pending = 1;
+        return 0;
+    }
+    if (type == UC_MEM_FETCH)
         mark_code_page(m, uc, pa);
     if (is_code_page(m, pa))
         prot |= UC_PROT_EXEC;
-    result->paddr = pa & ~0xFFFull;
+    result->paddr = pa;
     result->perms = prot;
     return 1;
+}
+
+/* Guest-virtual to physical with supervisor rights, as event delivery reads and writes its
+ * frames (no accessed or dirty bits set); -1 if not mapped. */
+int64_t vm_walk_super(struct vm *m, uint32_t va)
+{
+    uint64_t pa;
+    uint32_t prot;
+    int user_page;
+    if (!walk(m, m->uc, va, UC_MEM_READ, 0, 0, &pa, &prot, &user_page))
+        return -1;
+    return (int64_t)(pa | (va & 0xFFFu));
 }
 
 /* The fill found a fault: run the faulting instruction again under Unicorn's own page walk,

@@ -23,6 +23,12 @@
 
 #define VM_NS_PER_TICK 8            /* 125 million instructions per virtual second */
 #define VM_NEVER 0xFFFFFFFFFFFFFFFF /* a deadline that never comes */
+/* x86 EFLAGS bits (cpu.c, deliver.c, mmu.c) */
+#define EFLAGS_TF 0x100
+#define EFLAGS_IF 0x200
+#define EFLAGS_NT 0x4000
+#define EFLAGS_RF 0x10000
+#define EFLAGS_VM 0x20000
 #define VM_TB_SLOTS 65536           /* the block size cache (a power of two) */
 #define VM_TB_ICOUNT 0x3FFF         /* a block's instruction count (at most 512) */
 #define VM_TB_KEEPS_IF 0x4000       /* the block cannot set EFLAGS.IF (no STI, POPF, IRET at its end) */
@@ -279,6 +285,7 @@ void vm_null_block_hook(void *uc, uint64_t address, uint32_t size, void *user_da
 struct uc_tlb_entry;
 int vm_tlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *result, void *user_data);
 void vm_retry_fault(struct vm *m);
+int64_t vm_walk_super(struct vm *m, uint32_t va);
 void vm_tlb_restore_step(struct vm *m);
 uint32_t vm_port_in(void *uc, uint32_t port, int size, void *user_data);
 void vm_port_out(void *uc, uint32_t port, int size, uint32_t value, void *user_data);
